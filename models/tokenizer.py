@@ -37,7 +37,8 @@ def bytes_to_unicode():
     """Map every byte to a printable character, so BPE never has to handle raw whitespace or
     control bytes yet any UTF-8 input stays representable (no unknown tokens)."""
     # Order matters: it fixes the ids of the 512 single-byte tokens (printable bytes first).
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     mapping = {b: chr(b) for b in printable}
     for b in range(256):
         if b not in mapping:

@@ -1,0 +1,86 @@
+"""Generation parameters stored in a PNG text chunk, in the format AUTOMATIC1111 made common.
+
+A downloaded image then carries everything needed to reproduce it, and other tools (and our
+own "PNG info" reader) can parse it back.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+from PIL import Image, PngImagePlugin
+
+KEY = "parameters"
+# Our parameter names <-> the labels in the text chunk.
+LABELS = {
+    "steps": "Steps",
+    "scheduler": "Sampler",
+    "guidance": "CFG scale",
+    "seed": "Seed",
+    "size": "Size",
+    "model": "Model",
+    "strength": "Denoising strength",
+    "mask_blur": "Mask blur",
+}
+
+
+def format_parameters(params: dict) -> str:
+    p = dict(params)
+    if "width" in p and "height" in p:
+        p["size"] = f"{p['width']}x{p['height']}"
+    lines = [str(p.get("prompt", ""))]
+    if p.get("negative_prompt"):
+        lines.append(f"Negative prompt: {p['negative_prompt']}")
+    fields = [f"{label}: {p[k]}" for k, label in LABELS.items() if p.get(k) not in (None, "")]
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict:
+    lines = text.strip("\n").split("\n")
+    out = {"prompt": "", "negative_prompt": ""}
+    last = lines[-1] if lines and re.match(r"^\s*Steps: ", lines[-1]) else None
+    body = lines[:-1] if last is not None else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt: "):
+            in_negative = True
+            line = line[len("Negative prompt: "):]
+        (negative if in_negative else prompt).append(line)
+    out["prompt"], out["negative_prompt"] = "\n".join(prompt), "\n".join(negative)
+    if last:
+        labels = {label: key for key, label in LABELS.items()}
+        for m in re.finditer(r"\s*([^:,]+): ([^,]*)", last):
+            key = labels.get(m.group(1).strip())
+            if key:
+                out[key] = m.group(2).strip()
+    for key, cast in (("steps", int), ("seed", int), ("guidance", float), ("strength", float),
+                      ("mask_blur", float)):
+        if key in out:
+            try:
+                out[key] = cast(out[key])
+            except ValueError:
+                pass
+    if "size" in out and re.fullmatch(r"\d+x\d+", out["size"]):
+        out["width"], out["height"] = (int(v) for v in out["size"].split("x"))
+    return out
+
+
+def png_bytes(image, params: dict | None = None) -> bytes:
+    """uint8 [H, W, 3] -> PNG bytes with the parameters chunk."""
+    info = PngImagePlugin.PngInfo()
+    if params:
+        info.add_text(KEY, format_parameters(params))
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def read_parameters(png) -> dict | None:
+    """Parameters from a PNG path, bytes or PIL image; None when it has none."""
+    if isinstance(png, (bytes, bytearray)):
+        png = io.BytesIO(png)
+    image = png if isinstance(png, Image.Image) else Image.open(png)
+    text = image.info.get(KEY) or getattr(image, "text", {}).get(KEY)
+    return parse_parameters(text) if text else None
