@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny seeded-random models so tests never download anything."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+
+def tiny_configs(in_channels=4):
+    from models.config import TextEncoderConfig, UNetConfig, VAEConfig
+
+    return dict(
+        text_encoder=TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4),
+        unet=UNetConfig(in_channels=in_channels, block_out_channels=(32, 64),
+                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                        attention_head_dim=4, norm_num_groups=8, sample_size=8),
+        vae=VAEConfig(block_out_channels=(32, 32, 32, 32), norm_num_groups=8, layers_per_block=1,
+                      sample_size=64),
+    )
+
+
+def random_components(seed=0, in_channels=4):
+    """Tiny models with seeded random weights (scaled so outputs are not degenerate)."""
+    import keras
+
+    from models.components import Components
+    from models.schedulers import NoiseSchedule
+    from models.text_encoder import TextEncoder
+    from models.tokenizer import default_tokenizer
+    from models.unet import UNet
+    from models.vae import VAEDecoder, VAEEncoder
+
+    keras.utils.set_random_seed(seed)
+    c = tiny_configs(in_channels)
+    return Components(
+        text_encoder=TextEncoder(c["text_encoder"]), unet=UNet(c["unet"]), decoder=VAEDecoder(c["vae"]),
+        encoder=VAEEncoder(c["vae"]), tokenizer=default_tokenizer(), vae_config=c["vae"],
+        schedule=NoiseSchedule(), name="tiny-random",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    from models.pipeline import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(random_components())
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

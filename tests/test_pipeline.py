@@ -1,0 +1,161 @@
+"""Pipeline behaviour on a tiny random model: determinism, features, and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+
+from models.pipeline import Cancelled, MAX_SEED, StableDiffusionPipeline
+from tests.conftest import random_components
+
+PROMPT = "a red circle on a blue background"
+
+
+def test_same_seed_same_image_and_different_seed_differs(tiny_pipeline):
+    a = tiny_pipeline.text_to_image(PROMPT, num_steps=3, seed=11)
+    b = tiny_pipeline.text_to_image(PROMPT, num_steps=3, seed=11)
+    c = tiny_pipeline.text_to_image(PROMPT, num_steps=3, seed=12)
+    assert a.dtype == np.uint8 and a.shape == (1, 64, 64, 3)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 1
+
+
+def test_batch_row_k_equals_single_run_with_seed_plus_k(tiny_pipeline):
+    batch = tiny_pipeline.generate(PROMPT, num_steps=3, seed=5, batch_size=3)
+    assert batch.seeds == [5, 6, 7]
+    single = tiny_pipeline.generate(PROMPT, num_steps=3, seed=7)
+    np.testing.assert_allclose(batch.latents[2], single.latents[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmpp_2m", "euler", "euler_a"])
+def test_compiled_loop_equals_step_by_step_loop(tiny_pipeline, scheduler):
+    steps = []
+    whole = tiny_pipeline.generate(PROMPT, num_steps=4, seed=3, scheduler=scheduler)
+    stepped = tiny_pipeline.generate(PROMPT, num_steps=4, seed=3, scheduler=scheduler,
+                                     callback=lambda i, n, x: steps.append((i, n, x.shape)))
+    assert [s[:2] for s in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    np.testing.assert_allclose(whole.latents, stepped.latents, atol=1e-4, rtol=1e-4)
+
+
+def test_negative_prompt_and_guidance_change_the_result(tiny_pipeline):
+    base = tiny_pipeline.generate(PROMPT, num_steps=2, seed=1).latents
+    neg = tiny_pipeline.generate(PROMPT, negative_prompt="green", num_steps=2, seed=1).latents
+    low = tiny_pipeline.generate(PROMPT, num_steps=2, seed=1, guidance_scale=1.0).latents
+    assert np.abs(base - neg).max() > 1e-3
+    assert np.abs(base - low).max() > 1e-3
+
+
+def test_explicit_latents_replace_the_seeded_noise(tiny_pipeline):
+    noise = tiny_pipeline.initial_noise(9, 1, 64, 64)
+    a = tiny_pipeline.generate(PROMPT, num_steps=2, seed=9).latents
+    b = tiny_pipeline.generate(PROMPT, num_steps=2, seed=0, latents=noise).latents
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_height_and_width(tiny_pipeline):
+    out = tiny_pipeline.text_to_image(PROMPT, num_steps=1, seed=0, height=64, width=128)
+    assert out.shape == (1, 64, 128, 3)
+
+
+def test_callback_can_cancel(tiny_pipeline):
+    def stop(i, n, x):
+        if i == 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        tiny_pipeline.generate(PROMPT, num_steps=5, seed=0, callback=stop)
+
+
+def _image_and_mask(rng):
+    image = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 8:40] = 255
+    return image, mask
+
+
+def test_inpaint_keeps_unmasked_pixels_and_repaints_painted_ones(tiny_pipeline, rng):
+    image, mask = _image_and_mask(rng)
+    out = tiny_pipeline.inpaint(PROMPT, image, mask, num_steps=3, seed=0)[0]
+    outside = mask == 0
+    np.testing.assert_array_equal(out[outside], image[outside])
+    assert np.abs(out[~outside].astype(int) - image[~outside].astype(int)).mean() > 5
+
+
+def test_inpaint_mask_blur_feathers_only_near_the_edge(tiny_pipeline, rng):
+    image, mask = _image_and_mask(rng)
+    out = tiny_pipeline.inpaint(PROMPT, image, mask, num_steps=2, seed=0, mask_blur=4)[0]
+    far = np.ones_like(mask, bool)
+    far[8:56, 0:48] = False  # more than 3 sigma away from the painted rectangle
+    np.testing.assert_array_equal(out[far], image[far])
+
+
+def test_inpaint_all_zero_mask_returns_the_image(tiny_pipeline, rng):
+    image, _ = _image_and_mask(rng)
+    out = tiny_pipeline.inpaint(PROMPT, image, np.zeros((64, 64)), num_steps=2, seed=0)[0]
+    np.testing.assert_array_equal(out, image)
+
+
+def test_inpaint_all_one_mask_runs_like_txt2img(tiny_pipeline, rng):
+    image, _ = _image_and_mask(rng)
+    out = tiny_pipeline.generate(PROMPT, image=image, mask=np.ones((64, 64)), num_steps=2, seed=4)
+    assert out.images.shape == (1, 64, 64, 3)
+
+
+def test_nine_channel_inpainting_unet(rng):
+    pipe = StableDiffusionPipeline(random_components(in_channels=9))
+    image, mask = _image_and_mask(rng)
+    out = pipe.inpaint(PROMPT, image, mask, num_steps=2, seed=0)[0]
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+    assert pipe.text_to_image(PROMPT, num_steps=1, seed=0).shape == (1, 64, 64, 3)
+
+
+def test_img2img_strength(tiny_pipeline, rng):
+    """A random VAE cannot reconstruct pixels, so compare in latent space."""
+    image, _ = _image_and_mask(rng)
+    target = tiny_pipeline.encode_image(image[None].astype(np.float32) / 127.5 - 1)
+    run = lambda s: tiny_pipeline.generate(PROMPT, image=image, strength=s, num_steps=10, seed=0).latents  # noqa: E731
+    weak, strong = run(0.1), run(1.0)
+    assert np.abs(weak - target).mean() < 0.5 * np.abs(strong - target).mean()
+
+
+def test_primitives_shapes(tiny_pipeline):
+    ctx = tiny_pipeline.encode_text(["a", "b"])
+    assert ctx.shape == (2, 77, 32) and ctx.dtype == np.float32
+    lat = np.zeros((2, 8, 8, 4), np.float32)
+    assert tiny_pipeline.predict_noise(lat, 500, ctx).shape == (2, 8, 8, 4)
+    img = tiny_pipeline.decode_latents(lat)
+    assert img.shape == (2, 64, 64, 3)
+    assert tiny_pipeline.encode_image(img).shape == (2, 8, 8, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_steps=0), "num_steps"),
+        (dict(num_steps=1001), "num_steps"),
+        (dict(guidance_scale=math.nan), "guidance_scale"),
+        (dict(guidance_scale=math.inf), "guidance_scale"),
+        (dict(scheduler="plms"), "unknown scheduler"),
+        (dict(height=100), "height 100 is not a positive multiple of 16"),
+        (dict(width=0), "width"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=MAX_SEED + 1), "seed"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tiny_pipeline, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline.generate(PROMPT, **kwargs)
+
+
+def test_mask_of_the_wrong_size_is_an_error(tiny_pipeline, rng):
+    image, _ = _image_and_mask(rng)
+    with pytest.raises(ValueError, match="mask size"):
+        tiny_pipeline.inpaint(PROMPT, image, np.ones((32, 64)), num_steps=1)
+
+
+def test_overlong_prompt_is_truncated_with_a_warning(tiny_pipeline):
+    from models.tokenizer import TruncationWarning
+
+    with pytest.warns(TruncationWarning, match="dropped"):
+        tiny_pipeline.encode_text(["red " * 100])
