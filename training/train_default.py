@@ -1,0 +1,116 @@
+"""Reproduces the embedded default model ("tiny") from nothing, on a CPU.
+
+    python -m training.train_default [--work outputs/default-model] [--out models/weights/tiny]
+
+Stages, each cached in the work folder so an interrupted run continues where it stopped:
+synthetic dataset -> VAE -> seeded random CLIP-architecture text encoder (frozen, as in SD)
+-> UNet trained from scratch by the same trainer users fine-tune with -> a diffusers-layout
+folder in float16 that `load_pipeline("tiny")` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import keras
+
+from models.config import TextEncoderConfig, UNetConfig, VAEConfig
+
+TEXT_ENCODER = TextEncoderConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4)
+UNET = UNetConfig(
+    block_out_channels=(32, 64, 128),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16, sample_size=8,
+)
+VAE = VAEConfig(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64)
+RESOLUTION = 64
+TEXT_ENCODER_SEED = 1234
+
+
+def _components(text_encoder, unet, encoder, decoder, vae_config, name="tiny"):
+    from models.components import Components
+    from models.schedulers import NoiseSchedule
+    from models.tokenizer import default_tokenizer
+
+    return Components(text_encoder=text_encoder, unet=unet, decoder=decoder, encoder=encoder,
+                      tokenizer=default_tokenizer(), vae_config=vae_config, schedule=NoiseSchedule(), name=name)
+
+
+def stage_data(work: Path, n: int, seed: int):
+    from training.synthetic import write_dataset
+
+    folder = work / "data"
+    if not (folder / "metadata.csv").exists():
+        t0 = time.perf_counter()
+        write_dataset(folder, n, seed, resolution=RESOLUTION)
+        print(f"[data] wrote {n} images in {time.perf_counter() - t0:.0f} s")
+    return folder
+
+
+def stage_vae(work: Path, images, steps: int, seed: int):
+    from models.checkpoints.diffusers_folder import load_vae_folder, save_diffusers_folder
+    from training.vae_training import VAETrainingConfig, train_vae
+
+    folder = work / "vae_stage"
+    if (folder / "vae" / "config.json").exists():
+        return load_vae_folder(folder / "vae")
+    encoder, decoder, config = train_vae(images, VAE, VAETrainingConfig(steps=steps, seed=seed))
+    save_diffusers_folder(_components(None, None, encoder, decoder, config), folder, dtype="float32",
+                          parts=("vae",))
+    return load_vae_folder(folder / "vae")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m training.train_default", description=__doc__.split("\n")[0])
+    p.add_argument("--work", default="outputs/default-model", help="cache of intermediate stages")
+    p.add_argument("--out", default="models/weights/tiny", help="where the final model folder goes")
+    p.add_argument("--images", type=int, default=20000)
+    p.add_argument("--vae-steps", type=int, default=2000)
+    p.add_argument("--unet-steps", type=int, default=12000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from models.checkpoints.diffusers_folder import save_diffusers_folder
+    from models.text_encoder import TextEncoder
+    from models.unet import UNet
+    from training.datasets import load_dataset, load_images
+    from training.trainer import DiffusionTrainer, EncodedDataset, TrainConfig
+
+    start = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data_dir = stage_data(work, args.images, args.seed)
+    examples, bad = load_dataset(data_dir, check_images=False)
+    images = load_images(examples, RESOLUTION)
+    print(f"[data] {len(examples)} examples loaded ({len(bad)} bad rows)")
+    encoder, decoder, vae_config = stage_vae(work, images, args.vae_steps, args.seed)
+
+    keras.utils.set_random_seed(TEXT_ENCODER_SEED)
+    text_encoder = TextEncoder(TEXT_ENCODER)
+    components = _components(text_encoder, UNet(UNET), encoder, decoder, vae_config)
+    data = EncodedDataset(components, images, [e.caption for e in examples])
+    config = TrainConfig(batch_size=args.batch_size, steps=args.unet_steps, learning_rate=args.learning_rate,
+                         lr_schedule="cosine", warmup_steps=200, weight_decay=1e-2, ema_decay=0.999,
+                         caption_dropout=0.1, checkpoint_every=1000, sample_every=2000, seed=args.seed)
+    trainer = DiffusionTrainer(components, data, config, work / "unet_stage", unet_config=UNET)
+    trainer.train(resume=True)
+    components.unet = trainer.final_unet()
+    out = Path(args.out)
+    save_diffusers_folder(components, out, dtype="float16")
+    info = {"recipe": "python -m training.train_default", "args": vars(args),
+            "vae_scaling_factor": vae_config.scaling_factor, "minutes": round((time.perf_counter() - start) / 60, 1)}
+    (out / "training.json").write_text(json.dumps(info, indent=1))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"[done] wrote {out} ({size / 1e6:.1f} MB) in {info['minutes']} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Training the diffusion model (UNet) with the text encoder and VAE frozen.
+
+Because those two are frozen, their outputs are computed once before the first step (latent
+moments per image, a context per distinct caption); each step then costs only the UNet.
+Every random draw of a step (latent sample, timestep, noise, caption dropout, batch order)
+is a pure function of (seed, step), so a run resumed from a checkpoint continues exactly as
+if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from models.unet import UNet
+
+from .ema import EMA
+from .plots import save_loss_curve
+
+PRECISIONS = {"no": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+STRATEGIES = ("default", "mirrored")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    resolution: int | None = None  # default: the model's native image size
+    batch_size: int = 8
+    steps: int | None = None
+    epochs: float | None = None
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    ema_decay: float | None = 0.999
+    caption_dropout: float = 0.1  # trains the unconditional branch classifier-free guidance needs
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    sample_steps: int = 20
+    seed: int = 0
+    strategy: str = "default"
+
+    def validate(self, n_examples: int):
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {sorted(PRECISIONS)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError("lr_schedule must be constant or cosine")
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps and epochs")
+        if self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("batch_size and learning_rate must be positive")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError("caption_dropout must be in [0, 1)")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError("ema_decay must be in (0, 1), or None to disable EMA")
+
+    def total_steps(self, n_examples: int) -> int:
+        if self.steps is not None:
+            return int(self.steps)
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+
+
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, lr, warmup, total, kind):
+        self.lr, self.warmup, self.total, self.kind = lr, warmup, total, kind
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = tf.minimum(1.0, (step + 1.0) / max(1, self.warmup))
+        if self.kind == "cosine":
+            progress = tf.clip_by_value((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+            return self.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + tf.cos(math.pi * progress)))
+        return self.lr * warm
+
+    def get_config(self):
+        return {"lr": self.lr, "warmup": self.warmup, "total": self.total, "kind": self.kind}
+
+
+class EncodedDataset:
+    """Latent moments of every image and the context of every distinct caption, computed once."""
+
+    def __init__(self, components, images: np.ndarray, captions: list[str], batch_size=64, log=print):
+        from models.vae import split_moments
+
+        t0 = time.perf_counter()
+        means, stds = [], []
+        for i in range(0, len(images), batch_size):
+            mean, logvar = split_moments(components.encoder(images[i:i + batch_size], training=False))
+            means.append(mean.numpy())
+            stds.append(tf.exp(0.5 * logvar).numpy())
+        self.mean, self.std = np.concatenate(means), np.concatenate(stds)
+        unique = sorted(set(captions))
+        index = {c: k for k, c in enumerate(unique)}
+        self.caption_index = np.array([index[c] for c in captions], np.int64)
+        ids = components.tokenizer.tokenize([""] + unique, warn=False)
+        ctx = [components.text_encoder(ids[i:i + 256], training=False).numpy() for i in range(0, len(ids), 256)]
+        ctx = np.concatenate(ctx)
+        self.empty_context, self.contexts = ctx[0], ctx[1:]
+        self.captions = captions
+        self.scaling_factor = components.scaling_factor
+        log(f"encoded {len(images)} images and {len(unique)} distinct captions "
+            f"in {time.perf_counter() - t0:.1f} s")
+
+    def __len__(self):
+        return len(self.mean)
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256("\n".join(self.captions).encode())
+        h.update(np.ascontiguousarray(self.mean[:, :2, :2]).tobytes())
+        return h.hexdigest()[:16]
+
+
+class BatchOrder:
+    """Epoch-wise shuffles that depend only on (seed, epoch): batch k is the same on resume."""
+
+    def __init__(self, n, batch_size, seed):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perms = {}
+
+    def _perm(self, epoch):
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def indices(self, step):
+        start = step * self.batch_size
+        return np.array([self._perm(q // self.n)[q % self.n] for q in range(start, start + self.batch_size)])
+
+
+class DiffusionTrainer:
+    """Trains `components.unet` (or a fresh UNet of `unet_config`) on an EncodedDataset."""
+
+    def __init__(self, components, data: EncodedDataset, config: TrainConfig, out_dir, unet_config=None,
+                 sample_prompts=None, log=print):
+        config.validate(len(data))
+        self.components, self.data, self.config = components, data, config
+        self.out = Path(out_dir)
+        self.log = log
+        self.total = config.total_steps(len(data))
+        self.order = BatchOrder(len(data), config.batch_size, config.seed)
+        self.sample_prompts = sample_prompts or sorted(set(data.captions))[:4]
+        self.strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
+        base_config = unet_config or components.unet.config
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(PRECISIONS[config.mixed_precision])
+        try:
+            with self.strategy.scope():
+                self.unet = UNet(base_config)
+                if unet_config is None:
+                    for dst, src in zip(self.unet.weights, components.unet.weights):
+                        dst.assign(tf.cast(src, dst.dtype))
+                lr = WarmupSchedule(config.learning_rate, config.warmup_steps, self.total, config.lr_schedule)
+                opt = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay,
+                                             global_clipnorm=config.max_grad_norm or None)
+                if config.mixed_precision == "float16":
+                    opt = keras.optimizers.LossScaleOptimizer(opt)
+                self.optimizer = opt
+                self.optimizer.build(self.unet.trainable_variables)
+                self.ema = EMA(self.unet.trainable_variables, config.ema_decay) if config.ema_decay else None
+        finally:
+            keras.config.set_dtype_policy(previous)
+        self.step = 0
+        self.empty = tf.constant(data.empty_context)
+        self._train_step = tf.function(self._distributed_step, reduce_retracing=True)
+
+    # -- one step --------------------------------------------------------------------
+    def _replica_step(self, mean, std, ctx, seed):
+        cfg = self.config
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seeds = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int64)), 4)
+        b = tf.shape(mean)[0]
+        latents = (mean + std * tf.random.stateless_normal(tf.shape(mean), seeds[0])) * self.data.scaling_factor
+        t = tf.random.stateless_uniform([b], seeds[1], 0, self.components.schedule.num_train_timesteps, tf.int32)
+        noise = tf.random.stateless_normal(tf.shape(latents), seeds[2])
+        drop = tf.random.stateless_uniform([b], seeds[3]) < cfg.caption_dropout
+        ctx = tf.where(drop[:, None, None], self.empty[None], ctx)
+        noisy = self.components.schedule.add_noise(latents, noise, t)
+        with tf.GradientTape() as tape:
+            eps = self.unet([noisy, tf.cast(t, tf.float32), ctx], training=True)
+            loss = tf.reduce_mean(tf.square(tf.cast(eps, tf.float32) - noise))
+            scaled = loss / self.strategy.num_replicas_in_sync
+            if cfg.mixed_precision == "float16":
+                scaled = self.optimizer.scale_loss(scaled)
+        grads = tape.gradient(scaled, self.unet.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.unet.trainable_variables))
+        return loss
+
+    def _distributed_step(self, mean, std, ctx, seed, step):
+        losses = self.strategy.run(self._replica_step, args=(mean, std, ctx, seed))
+        loss = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+        if self.ema is not None:
+            self.ema.update(self.unet.trainable_variables, step)
+        return loss
+
+    def _batch(self, step):
+        idx = self.order.indices(step)
+        ctx = self.data.contexts[self.data.caption_index[idx]]
+        return (tf.constant(self.data.mean[idx]), tf.constant(self.data.std[idx]), tf.constant(ctx),
+                tf.constant([self.config.seed, step], tf.int64), tf.constant(step, tf.int64))
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _state_arrays(self):
+        arrays = {f"unet/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.unet.weights)}
+        arrays.update({f"optimizer/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)})
+        if self.ema is not None:
+            arrays.update({f"ema/{i}": v for i, v in enumerate(self.ema.values())})
+        return arrays
+
+    def save_checkpoint(self):
+        from safetensors.numpy import save_file
+
+        folder = self.out / "checkpoints" / f"step-{self.step:07d}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in self._state_arrays().items()}, str(tmp / "state.safetensors"))
+        meta = {"step": self.step, "config": dataclasses.asdict(self.config), "data": self.data.fingerprint(),
+                "unet_config": self.unet.config.to_dict()}
+        (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        return folder
+
+    def latest_checkpoint(self):
+        root = self.out / "checkpoints"
+        done = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp")) if root.exists() else []
+        return done[-1] if done else None
+
+    def restore(self, folder):
+        from safetensors.numpy import load_file
+
+        meta = json.loads((Path(folder) / "trainer.json").read_text())
+        if meta["data"] != self.data.fingerprint():
+            raise ValueError(f"checkpoint {folder} was trained on a different dataset; use another --out")
+        arrays = load_file(str(Path(folder) / "state.safetensors"))
+        for i, v in enumerate(self.unet.weights):
+            v.assign(arrays[f"unet/{i}"])
+        for i, v in enumerate(self.optimizer.variables):
+            v.assign(arrays[f"optimizer/{i}"])
+        if self.ema is not None:
+            self.ema.load([arrays[f"ema/{i}"] for i in range(len(self.ema.shadow))])
+        self.step = int(meta["step"])
+        self.log(f"resumed from {folder} at step {self.step}")
+
+    # -- outputs ---------------------------------------------------------------------
+    def final_unet(self) -> UNet:
+        """A float32 UNet with the EMA weights (or the raw ones without EMA)."""
+        unet = UNet(self.unet.config)
+        values = self.ema.values() if self.ema is not None else [v.numpy() for v in self.unet.trainable_variables]
+        for dst, src in zip(unet.trainable_variables, values):
+            dst.assign(src)
+        return unet
+
+    def save_unet(self, folder=None):
+        import dataclasses as dc
+
+        from models.checkpoints.diffusers_folder import save_diffusers_folder
+
+        folder = Path(folder or self.out)
+        comps = dc.replace(self.components, unet=self.final_unet())
+        save_diffusers_folder(comps, folder, dtype="float32", parts=("unet",))
+        return folder / "unet"
+
+    def save_samples(self):
+        from models.pipeline import StableDiffusionPipeline
+
+        import dataclasses as dc
+
+        from .plots import save_grid
+
+        pipe = StableDiffusionPipeline(dc.replace(self.components, unet=self.final_unet()))
+        images = pipe.generate(self.sample_prompts, num_steps=self.config.sample_steps, seed=0,
+                               batch_size=len(self.sample_prompts)).images
+        path = self.out / "samples" / f"step-{self.step:07d}.png"
+        save_grid(images, path, captions=self.sample_prompts)
+        return path
+
+    # -- the loop --------------------------------------------------------------------
+    def train(self, resume=True):
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and (ckpt := self.latest_checkpoint()) is not None:
+            self.restore(ckpt)
+        log_path = self.out / "loss.csv"
+        if self.step == 0 or not log_path.exists():
+            log_path.write_text("step,loss,learning_rate,seconds\n")
+        else:  # drop lines logged after the checkpoint we resumed from
+            lines = log_path.read_text().splitlines()
+            keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= self.step]
+            log_path.write_text("\n".join(keep) + "\n")
+        cfg = self.config
+        bar = tqdm(total=self.total, initial=self.step, desc="fine-tuning", unit="step")
+        t0, window = time.perf_counter(), []
+        with open(log_path, "a") as log_file:
+            while self.step < self.total:
+                loss = float(self._train_step(*self._batch(self.step)))
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {self.step}; lower the learning rate")
+                self.step += 1
+                window.append(loss)
+                lr = float(self.optimizer.learning_rate)
+                log_file.write(f"{self.step},{loss:.6f},{lr:.3g},{time.perf_counter() - t0:.2f}\n")
+                bar.update(1)
+                if self.step % 10 == 0 or self.step == self.total:
+                    bar.set_postfix(loss=f"{np.mean(window[-50:]):.4f}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total:
+                    log_file.flush()
+                    self.save_checkpoint()
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.save_samples()
+        bar.close()
+        save_loss_curve(log_path, self.out / "loss.png")
+        self.save_checkpoint()
+        return self.save_unet()
