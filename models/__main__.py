@@ -22,6 +22,7 @@ def _common(p):
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", required=True, help="PNG path; with --batch > 1, -0, -1, ... are appended")
+    p.add_argument("--unet", default=None, help="a fine-tuned diffusion model (unet/ folder) replacing the base one")
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin pickles (runs their code)")
     p.add_argument("--xla", action="store_true", help="compile the loop with XLA")
 
@@ -52,7 +53,7 @@ def main(argv=None):
     from .png_info import png_bytes
 
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.model, allow_pickle=args.allow_pickle, jit_compile=args.xla)
+    pipe = load_pipeline(args.model, allow_pickle=args.allow_pickle, jit_compile=args.xla, unet=args.unet)
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     bar = tqdm(total=args.steps, desc="denoising", unit="step")
 

@@ -196,6 +196,16 @@ def test_xla_with_tensor_num_steps(name):
         assert rel_err(graph_fn(name, jit=True)(x, n), reference_run(name, n, x)) < 1e-3
 
 
+def test_padded_plan_keeps_num_steps_a_runtime_input_under_xla():
+    """Without pad_to XLA bakes num_steps into the program (one compile per value); with it, not."""
+    args = (tf.constant(latents(0)), tf.constant(20), tf.constant([0, 0]), tf.zeros(SHAPE), tf.constant(0))
+    for pad_to, params in ((None, 4), (1000, 5)):
+        fn = tf.function(graph_loop(get_scheduler("ddim"), pad_to), jit_compile=True)
+        hlo = fn.experimental_get_compiler_ir(*args)(stage="hlo")
+        layout = next(line for line in hlo.splitlines() if "entry_computation_layout" in line)
+        assert layout.split("->")[0].count("[") == params, layout
+
+
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_img2img_matches_diffusers(name):
     x0, noise, n = latents(3), latents(4), 20

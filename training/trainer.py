@@ -251,9 +251,9 @@ class DiffusionTrainer:
             raise ValueError(f"checkpoint {folder} was trained on a different dataset; use another --out")
         arrays = load_file(str(Path(folder) / "state.safetensors"))
         for i, v in enumerate(self.unet.weights):
-            v.assign(arrays[f"unet/{i}"])
+            v.assign(np.reshape(arrays[f"unet/{i}"], v.shape))
         for i, v in enumerate(self.optimizer.variables):
-            v.assign(arrays[f"optimizer/{i}"])
+            v.assign(np.reshape(arrays[f"optimizer/{i}"], v.shape))
         if self.ema is not None:
             self.ema.load([arrays[f"ema/{i}"] for i in range(len(self.ema.shadow))])
         self.step = int(meta["step"])

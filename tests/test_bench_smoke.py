@@ -1,0 +1,114 @@
+"""Smoke tests of the CPU benchmarks (bench/) at the tiny configs: code paths and JSON fields only.
+
+Timings are never asserted: they depend on whatever else the machine is doing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP_FIELDS = {"variant", "build_s", "params_m", "first_call_s", "ms_per_step", "ms_per_step_all",
+               "unet_call_ms", "peak_rss_gb", "rss_after_build_gb", "loadavg_start", "cpu_per_repeat"}
+
+
+def _check_step_result(res, variant, repeats):
+    assert "error" not in res, res.get("error")
+    assert STEP_FIELDS <= set(res), STEP_FIELDS - set(res)
+    assert res["variant"] == variant
+    assert res["ms_per_step"] > 0 and res["peak_rss_gb"] > 0
+    # Tiny runs do not wait for a quiet machine, so they make exactly `repeats` runs.
+    assert len(res["ms_per_step_all"]) == repeats == len(res["cpu_per_repeat"])
+    assert 0 <= res["ms_per_step_clean_runs"] <= repeats
+    assert res["output_finite"] is True
+
+
+def test_unet_step_ours_tiny():
+    from bench.unet_step import measure
+
+    res = measure("ours", 64, steps=2, repeats=2, tiny=True)
+    _check_step_result(res, "ours", 2)
+    assert res["jit_compile"] is False and res["num_steps_input"] == "tensor"
+
+
+def test_unet_step_diffusers_tiny():
+    pytest.importorskip("diffusers")
+    from bench.unet_step import measure
+
+    res = measure("diffusers", 64, steps=2, repeats=1, tiny=True)
+    _check_step_result(res, "diffusers", 1)
+    assert res["torch_threads"] >= 1
+
+
+def test_unet_step_kerascv_refuses_tiny():
+    from bench.unet_step import measure
+
+    with pytest.raises(ValueError, match="fixed full-size"):
+        measure("kerascv", 64, steps=1, repeats=1, tiny=True)
+
+
+def test_summary_ratios_and_table():
+    from bench.unet_step import format_table, summarize
+
+    meta = {"size": 256, "latent": 32, "steps": 3, "repeats": 3, "tiny": False, "loadavg_start": [0, 0, 0],
+            "loadavg_end": [0, 0, 0], "machine": {"cpu_count": 2, "cpu_model": "x"}}
+    res = {"ours": {"ms_per_step": 80.0}, "ours_xla": {"ms_per_step": 60.0},
+           "kerascv": {"ms_per_step": 100.0}, "diffusers": {"error": "boom"}}
+    s = summarize(res, meta)
+    assert s["ratios"] == {"ours_over_kerascv": 0.8, "ours_xla_over_kerascv": 0.6}
+    assert s["targets"]["ours_over_kerascv"] == {"best_ours": "ours_xla", "ratio": 0.6, "target": 0.8,
+                                                 "met": True}
+    assert "ours_over_diffusers" not in s["targets"]
+    table = format_table(s)
+    assert "ERROR: boom" in table and "MET" in table
+
+
+@pytest.mark.slow
+def test_unet_step_cli_tiny(tmp_path):
+    """The parent/child orchestration: one subprocess per variant, one JSON."""
+    out = tmp_path / "unet_step.json"
+    variants = "ours,ours_xla,kerascv" + (",diffusers" if _has("diffusers") else "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.unet_step", "--tiny", "--steps", "1", "--repeats", "1",
+         "--variants", variants, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["tiny"] is True and data["size"] == 64 and data["latent"] == 8
+    assert {"loadavg_start", "loadavg_end", "machine", "results", "ratios", "targets"} <= set(data)
+    assert "skipped" in data["results"]["kerascv"]
+    for v in variants.split(","):
+        if v != "kerascv":
+            _check_step_result(data["results"][v], v, 1)
+    assert data["results"]["ours_xla"]["jit_compile"] is True
+    if "diffusers" in variants:
+        assert set(data["ratios"]) == {"ours_over_diffusers", "ours_xla_over_diffusers"}
+        assert data["targets"]["ours_over_diffusers"]["target"] == 1.0
+    assert "ms/step" in proc.stdout
+
+
+def test_pipeline_memory_tiny(tmp_path, capsys):
+    from bench.pipeline_memory import main
+
+    out = tmp_path / "pm.json"
+    assert main(["--tiny", "--steps", "2", "--repeats", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "pipeline_memory" and res["tiny"] is True and res["size"] == 64
+    assert {"peak_rss_gb", "rss_after_build_gb", "build_s", "generate_calls", "decode_only", "params_m",
+            "weights_gb", "target_gb", "target_met", "loadavg_start", "loadavg_end"} <= set(res)
+    assert res["image_shape"] == [1, 64, 64, 3] and res["image_finite"] is True
+    assert len(res["generate_calls"]) == 1 and res["generate_calls"][0]["first"] is True
+    assert res["peak_rss_gb"] > 0 and set(res["params_m"]) == {"text_encoder", "unet", "decoder", "encoder"}
+    assert "PEAK RSS" in capsys.readouterr().out
+
+
+def _has(module):
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
