@@ -6,11 +6,12 @@ graph API: `plan(num_steps)` turns a (possibly symbolic) int32 step count into t
 `step(plan, i, ...)` reads them at a tensor index `i`, threading any multistep memory through an
 explicit fixed-shape `state` tuple.
 
-XLA and a tensor `num_steps`: plan arrays normally have length `num_steps` (dynamic). To compile the
-loop with `jit_compile=True` for a tensor `num_steps`, pass `plan(num_steps, pad_to=P)` with a Python
-int P >= any step count you will use (e.g. `schedule.num_train_timesteps`): every array then has a
-static length P (P + 1 for sigmas), padded past the end by repeating the last entry, and the real
-step count is `plan["num_steps"]`. With a Python-int `num_steps` no padding is needed.
+XLA and a tensor `num_steps`: plan arrays normally have length `num_steps`. Under `jit_compile=True`
+that still runs, but tf2xla turns a shape-giving input into a compile-time constant, so the whole
+loop (UNet included) is recompiled for every new step count. Pass `plan(num_steps, pad_to=P)`, P a
+Python int >= any step count you will use (e.g. `schedule.num_train_timesteps`), to get one program
+for all counts: every array then has the static length P (P + 1 for sigmas), entries past the end
+repeat the last step (sigmas read the final 0), and the real count is `plan["num_steps"]`.
 
 The eager API (`set_timesteps`, `timesteps`, `step(model_output, timestep, sample)`, `add_noise`)
 calls the same graph code, so the two cannot disagree. `step`, `add_noise` and `scale_model_input`
@@ -51,10 +52,10 @@ class Scheduler:
             idx = tf.range(n)
         else:
             pad_to = int(pad_to)
-            if pad_to < 1 or pad_to > self.num_train_timesteps:
-                raise ValueError(f"pad_to must be in 1..{self.num_train_timesteps}, got {pad_to}")
-            if tf.get_static_value(n) is not None and tf.get_static_value(n) > pad_to:
-                raise ValueError(f"num_steps {tf.get_static_value(n)} exceeds pad_to {pad_to}")
+            static_n = tf.get_static_value(n)
+            if static_n is not None and static_n > pad_to:
+                raise ValueError(f"num_steps {static_n} exceeds pad_to {pad_to}")
+            tf.debugging.assert_less_equal(n, pad_to, message=f"num_steps must be <= pad_to={pad_to}")
             idx = tf.minimum(tf.range(pad_to), n - 1)
         plan = self._make_plan(n, idx)
         plan["num_steps"] = n

@@ -32,7 +32,7 @@ class DPMSolverPP2MScheduler(Scheduler):
         return {"timesteps": tf.cast(t, tf.float32), "sigmas": sigmas}
 
     def initial_state(self, sample):
-        return (tf.zeros_like(sample, tf.float32), tf.constant(False))
+        return (tf.zeros_like(sample), tf.constant(False))  # previous x0 prediction, and whether it exists
 
     def _step(self, plan, i, model_output, sample, state, seed=None):
         prev_x0, has_prev = state
@@ -50,7 +50,8 @@ class DPMSolverPP2MScheduler(Scheduler):
         # Midpoint 2M correction: -0.5 * phi * D1 with D1 = (x0 - prev_x0) / r0, r0 = h_prev / h.
         # Computed as a scalar and selected with a scalar where, so the inf/nan it takes on first
         # and last steps never reaches the tensors.
-        second = has_prev & (i < plan["num_steps"] - 1)
+        # Equal consecutive sigmas (duplicate timesteps, only at num_steps = T) would divide by 0.
+        second = has_prev & (i < plan["num_steps"] - 1) & (lam_s0 != lam_s1)
         c1 = tf.where(second, -0.5 * phi * h / (lam_s0 - lam_s1), 0.0)
         x_t = (sigma_t / sigma_s0) * sample - phi * x0 + c1 * (x0 - prev_x0)
         return x_t, (x0, tf.constant(True))
