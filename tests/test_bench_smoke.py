@@ -12,7 +12,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_FIELDS = {"variant", "build_s", "params_m", "first_call_s", "ms_per_step", "ms_per_step_all",
-               "unet_call_ms", "peak_rss_gb", "rss_after_build_gb", "loadavg_start", "cpu_per_repeat"}
+               "unet_call_ms", "peak_rss_gb", "rss_after_build_gb", "loadavg_start", "ms_per_step_cpu_per_run",
+               "ms_per_step_cpu", "ms_per_step_min", "contended"}
 
 
 def _check_step_result(res, variant, repeats):
@@ -21,7 +22,7 @@ def _check_step_result(res, variant, repeats):
     assert res["variant"] == variant
     assert res["ms_per_step"] > 0 and res["peak_rss_gb"] > 0
     # Tiny runs do not wait for a quiet machine, so they make exactly `repeats` runs.
-    assert len(res["ms_per_step_all"]) == repeats == len(res["cpu_per_repeat"])
+    assert len(res["ms_per_step_all"]) == repeats == len(res["ms_per_step_cpu_per_run"])
     assert 0 <= res["ms_per_step_clean_runs"] <= repeats
     assert res["output_finite"] is True
 
@@ -64,6 +65,22 @@ def test_summary_ratios_and_table():
     assert "ours_over_diffusers" not in s["targets"]
     table = format_table(s)
     assert "ERROR: boom" in table and "MET" in table
+
+
+def test_merge_rounds_pools_repetitions():
+    from bench.unet_step import merge_rounds
+
+    quiet, busy = {"own_cores": 2.0, "other_cores": 0.0}, {"own_cores": 1.0, "other_cores": 1.0}
+    r1 = {"variant": "ours", "ms_per_step_all": [100.0, 300.0], "ms_per_step_cpu_per_run": [quiet, busy],
+          "unet_call_ms_all": [50.0], "unet_call_ms_cpu_per_run": [quiet], "build_s": 1.0,
+          "first_call_s": 2.0, "peak_rss_gb": 4.0}
+    r2 = {**r1, "ms_per_step_all": [120.0, 90.0], "ms_per_step_cpu_per_run": [quiet, quiet], "peak_rss_gb": 4.5}
+    m = merge_rounds([r1, {"variant": "ours", "error": "killed"}, r2])
+    assert m["ms_per_step"] == 100.0 and m["ms_per_step_min"] == 90.0  # median of the 3 clean runs
+    assert m["ms_per_step_clean_runs"] == 3 and len(m["ms_per_step_all"]) == 4
+    assert m["ms_per_step_cpu"] == 220.0  # CPU ms per run: 200, 300, 240, 180
+    assert m["peak_rss_gb"] == 4.5 and m["rounds"] == 3 and m["round_errors"] == ["killed"]
+    assert m["contended"] is False
 
 
 @pytest.mark.slow

@@ -228,7 +228,7 @@ def test_ldm_file_loads_in_diffusers_own_single_file_loader(base_ref, folder, ld
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    clip = convert_ldm_clip_checkpoint({k: torch.from_numpy(v) for k, v in read_safetensors(ldm_file).items()})
+    clip = convert_ldm_clip_checkpoint({k: torch.from_numpy(np.array(v)) for k, v in read_safetensors(ldm_file).items()})
     expected = {"text_model." + k if not k.startswith("text_model.") else k for k in base_ref.text.state_dict()}
     expected.discard("text_model.embeddings.position_ids")
     assert set(clip) == expected
@@ -373,7 +373,7 @@ def test_bin_weights_need_allow_pickle(base_ref, folder, tmp_path):
     unet_dir = os.path.join(root, "unet")
     sd = read_safetensors(os.path.join(unet_dir, "diffusion_pytorch_model.safetensors"))
     os.remove(os.path.join(unet_dir, "diffusion_pytorch_model.safetensors"))
-    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, os.path.join(unet_dir, "diffusion_pytorch_model.bin"))
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, os.path.join(unet_dir, "diffusion_pytorch_model.bin"))
     with pytest.raises(PickleNotAllowedError, match="allow_pickle=True"):
         load_components(root)
     unet = load_unet(root, allow_pickle=True)
