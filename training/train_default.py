@@ -100,7 +100,9 @@ def main(argv=None):
     config = TrainConfig(batch_size=args.batch_size, steps=args.unet_steps, learning_rate=args.learning_rate,
                          lr_schedule="cosine", warmup_steps=200, weight_decay=1e-2, ema_decay=0.999,
                          caption_dropout=0.1, checkpoint_every=1000, sample_every=2000, seed=args.seed)
-    trainer = DiffusionTrainer(components, data, config, work / "unet_stage", unet_config=UNET)
+    samples = ["a red circle on a blue background", "a yellow square on a purple background",
+               "a white triangle on a black background", "a small green circle on the left on an orange background"]
+    trainer = DiffusionTrainer(components, data, config, work / "unet_stage", unet_config=UNET, sample_prompts=samples)
     trainer.train(resume=True)
     components.unet = trainer.final_unet()
     out = Path(args.out)
