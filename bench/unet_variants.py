@@ -6,8 +6,9 @@ For the full SD v1 UNet (random weights) it times the UNet work of ONE classifie
 step (2 latents) as
   b2       one batch-2 call (what DenoiseLoop does now)
   2xb1     two batch-1 calls in one tf.function (split guidance, what KerasCV does)
-each in float32 graph mode, with XLA (jit_compile=True), in mixed_bfloat16 (AVX512-BF16 /
-AMX through oneDNN where the CPU has it), and with oneDNN disabled (TF_ENABLE_ONEDNN_OPTS=0,
+each in float32 graph mode, with XLA (jit_compile=True), in mixed_bfloat16 (fp32 weights cast
+per call; bf16 math through oneDNN's AVX512-BF16 / AMX kernels where the CPU has them), in pure
+bfloat16 (bf16 weights: speed only, not numerics), and with oneDNN disabled (TF_ENABLE_ONEDNN_OPTS=0,
 separate process since the flag is read at import). Reports median wall and CPU ms per step.
 
 Why b2 vs 2xb1 matters here: for batch >= 2 oneDNN's conv picks a blocked weight layout and,
@@ -18,6 +19,7 @@ ONEDNN_VERBOSE=1: a `reorder ... 1280x1280x3x3` per conv); at batch 1 it uses th
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -29,7 +31,8 @@ from . import _common as C
 from .unet_step import QUIET, _repeat, _stats, QUIET_WAIT
 
 GROUPS = {
-    "default": ["fp32/b2", "fp32/2xb1", "xla/b2", "xla/2xb1", "bf16/b2", "bf16/2xb1"],
+    "default": ["fp32/b2", "fp32/2xb1", "xla/b2", "xla/2xb1", "bf16/b2", "bf16/2xb1", "bf16pure/b2",
+                "bf16pure/2xb1"],
     "onednn_off": ["fp32_no_onednn/b2", "fp32_no_onednn/2xb1"],
 }
 
@@ -49,10 +52,13 @@ def measure_group(group, size, repeats, tiny=False):
     results = {}
     models = {}
 
+    policies = {"fp32": "float32", "bf16": "mixed_bfloat16", "bf16pure": "bfloat16"}
+
     def model(precision):
         if precision not in models:
             models.clear()  # one full UNet at a time
-            keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+            gc.collect()
+            keras.mixed_precision.set_global_policy(policies[precision])
             keras.utils.set_random_seed(0)
             models[precision] = UNet(cfg)
             keras.mixed_precision.set_global_policy("float32")
@@ -60,9 +66,11 @@ def measure_group(group, size, repeats, tiny=False):
 
     for name in GROUPS[group]:
         kind, split = name.split("/")
-        unet = model("bf16" if kind == "bf16" else "fp32")
+        unet = model(kind if kind in policies else "fp32")
         jit = kind == "xla"
 
+        dtype = unet.inputs[0].dtype
+        x, ctx = tf.cast(x, dtype), tf.cast(ctx, dtype)
         if split == "b2":
             def body(a, b, c, unet=unet):
                 return unet([a, b, c], training=False)
