@@ -228,20 +228,32 @@ class StableDiffusionPipeline:
         callback=None,
         context=None,
         unconditional_context=None,
+        image_latents=None,
+        masked_image_latents=None,
+        decode: bool = True,
     ) -> Generation:
         """The general entry point behind text_to_image, image_to_image and inpaint.
 
         `context`/`unconditional_context` let a caller (the split-deployment diffusion endpoint)
         pass text embeddings computed elsewhere instead of prompts.
+        `image_latents` (and, for a 9-channel inpainting UNet, `masked_image_latents`: the image
+        with the masked pixels zeroed) stand in for `image` when the image encoder ran on the
+        client; the mask is still given in pixels, and the client pastes the unmasked pixels back.
+        `decode=False` skips the VAE decoder (a diffusion-only server): `images` is then None.
         `callback(step, num_steps, latents)` runs after every step; raise Cancelled to stop.
         """
         self._check_common(num_steps, guidance_scale, batch_size, scheduler)
         seed = self._check_seed(seed)
         if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
             raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        if image is not None and image_latents is not None:
+            raise ValueError("give either image or image_latents, not both")
         if image is not None:
             image = np.asarray(image)
             height, width = image.shape[0], image.shape[1]
+        if image_latents is not None:
+            image_latents = self._check_latents("image_latents", image_latents, batch_size)
+            height, width = image_latents.shape[1] * self.vae_factor, image_latents.shape[2] * self.vae_factor
         height, width = self._check_size(height, width)
         params = dict(
             prompt=prompt, negative_prompt=negative_prompt or "", steps=num_steps,
@@ -294,12 +306,27 @@ class StableDiffusionPipeline:
             else:
                 mode, cond_latents = BLEND, init_latents  # img2img: all masked, blending is a no-op
             params.update(strength=float(strength), mask_blur=float(mask_blur))
+        elif image_latents is not None:
+            init_latents = np.repeat(image_latents, batch_size // image_latents.shape[0], 0)
+            mode, cond_latents = BLEND, init_latents
+            if mask is not None:
+                latent_mask = self._latent_mask(self._prepare_mask(mask, (height, width), mask_blur), h, w,
+                                                batch_size)
+            if self.unet.config.is_inpainting:
+                if masked_image_latents is None:
+                    raise ValueError("this is a 9-channel inpainting model: send masked_image_latents too (the "
+                                     "image encoder's latents of the image with the masked pixels set to 0)")
+                masked = self._check_latents("masked_image_latents", masked_image_latents, batch_size)
+                mode, cond_latents = CONCAT, np.repeat(masked, batch_size // masked.shape[0], 0)
+                latent_mask = (latent_mask >= 0.5).astype(np.float32)
+            params.update(strength=float(strength), mask_blur=float(mask_blur))
         elif self.unet.config.is_inpainting:
             mode = CONCAT  # txt2img on an inpainting UNet: everything masked, nothing known
             cond_latents = zeros
 
         loop = self._loop(scheduler, mode)
-        start = int(loop.scheduler.start_index(num_steps, strength)) if image is not None else 0
+        has_image = image is not None or image_latents is not None
+        start = int(loop.scheduler.start_index(num_steps, strength)) if has_image else 0
         if start >= num_steps:
             raise ValueError(f"strength {strength} with {num_steps} steps leaves no step to run")
         args = dict(
@@ -318,12 +345,23 @@ class StableDiffusionPipeline:
                 x, state = loop.step(x, state, tf.constant(i, tf.int32), **args)
                 callback(i - start + 1, num_steps - start, x.numpy())
         final = x.numpy()
+        if not decode:
+            return Generation(images=None, latents=final, seeds=[seed + k for k in range(batch_size)],
+                              parameters=params)
         images = to_uint8(self.decode_latents(final))
         if pixel_mask is not None:  # paste back: pixels outside the mask are the original's
             keep = 1.0 - pixel_mask[None, :, :, None]
             images = np.round(keep * image[None] + (1.0 - keep) * images).astype(np.uint8)
         return Generation(images=images, latents=final, seeds=[seed + k for k in range(batch_size)],
                           parameters=params)
+
+    def _check_latents(self, name, latents, batch_size):
+        latents = np.asarray(latents, np.float32)
+        if latents.ndim != 4 or latents.shape[-1] != 4 or latents.shape[0] not in (1, batch_size):
+            raise ValueError(f"{name} must have shape [1 or {batch_size}, h, w, 4], got {list(latents.shape)}")
+        if not np.all(np.isfinite(latents)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return latents
 
     def _prepare_mask(self, mask, size, blur):
         mask = np.asarray(mask)

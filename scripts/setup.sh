@@ -42,3 +42,33 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q "${args[@]}"
   echo "$want" > "$stamp"
 fi
+
+if [ "$profile" = test ]; then
+  # TF.js export: tensorflowjs pins TensorFlow 2.19, so its converter gets its own env,
+  # .venv-tfjs/ (exports/tfjs.py calls it as a subprocess).
+  tfjs_stamp=".venv-tfjs/.setup-stamp"
+  tfjs_want=$(sha256sum requirements-tfjs.txt | cut -d' ' -f1)
+  if [ ! -f "$tfjs_stamp" ] || [ "$(cat "$tfjs_stamp")" != "$tfjs_want" ]; then
+    echo "setup: installing the TF.js converter into .venv-tfjs/ (first run takes a few minutes)"
+    [ -x .venv-tfjs/bin/python ] || "$PY" -m venv .venv-tfjs
+    .venv-tfjs/bin/python -m pip install -q --upgrade pip
+    .venv-tfjs/bin/python -m pip install -q -r requirements-tfjs.txt
+    TF_CPP_MIN_LOG_LEVEL=3 .venv-tfjs/bin/python -c "import google.protobuf, tensorflowjs" >/dev/null 2>&1 \
+      || { echo "setup: tensorflowjs does not import in .venv-tfjs/" >&2; exit 1; }
+    echo "$tfjs_want" > "$tfjs_stamp"
+  fi
+
+  # Node.js and the pure-JS @tensorflow/tfjs (no native download) to run TF.js exports in tests.
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm || echo "setup: without Node.js the TF.js runtime tests are skipped" >&2
+  fi
+  if command -v npm >/dev/null 2>&1; then
+    npm_stamp="exports/node/node_modules/.setup-stamp"
+    npm_want=$(cat exports/node/package.json exports/node/package-lock.json | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$npm_stamp" ] || [ "$(cat "$npm_stamp")" != "$npm_want" ]; then
+      echo "setup: installing @tensorflow/tfjs into exports/node/"
+      (cd exports/node && npm ci --no-audit --no-fund --loglevel=error)
+      echo "$npm_want" > "$npm_stamp"
+    fi
+  fi
+fi

@@ -159,3 +159,22 @@ def test_overlong_prompt_is_truncated_with_a_warning(tiny_pipeline):
 
     with pytest.warns(TruncationWarning, match="dropped"):
         tiny_pipeline.encode_text(["red " * 100])
+
+
+@pytest.mark.parametrize("in_channels", [4, 9])
+def test_inpaint_from_client_side_latents_equals_inpaint_from_pixels(rng, in_channels):
+    """The split deployment: the client encodes the image, the server diffuses from latents."""
+    pipe = StableDiffusionPipeline(random_components(in_channels=in_channels))
+    image, mask = _image_and_mask(rng)
+    blur = 2 if in_channels == 4 else 0  # a 9-channel client zeroes the pixels of the (blurred) mask >= 0.5
+    full = pipe.generate(PROMPT, image=image, mask=mask, num_steps=3, seed=5, mask_blur=blur)
+    pixels = image[None].astype(np.float32) / 127.5 - 1
+    extra = {}
+    if in_channels == 9:
+        extra["masked_image_latents"] = pipe.encode_image(pixels * (mask[None, :, :, None] == 0))
+        with pytest.raises(ValueError, match="masked_image_latents"):
+            pipe.generate(PROMPT, image_latents=pipe.encode_image(pixels), mask=mask, num_steps=1)
+    split = pipe.generate(PROMPT, image_latents=pipe.encode_image(pixels), mask=mask, num_steps=3, seed=5,
+                          mask_blur=blur, decode=False, **extra)
+    assert split.images is None
+    np.testing.assert_allclose(split.latents, full.latents, atol=1e-5)

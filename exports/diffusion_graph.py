@@ -1,0 +1,218 @@
+"""The whole sampling loop as one servable graph: seeds in, latents out.
+
+A TF Serving client must get exactly what `StableDiffusionPipeline.generate` gives for the
+same seed, and TF Serving's batcher may merge unrelated requests into one batch. So every
+input has a batch axis, and nothing about a row may depend on the other rows:
+
+* initial noise is drawn per row from that row's seed, as `pipeline.initial_noise` draws row k
+  from seed + k (so a batch of consecutive seeds equals the pipeline's batch);
+* Euler-ancestral's per-step noise is drawn per row from [seed, 1], which is what a
+  single-image pipeline run uses (a *batched* pipeline run draws one tensor for the whole
+  batch from the first seed, so there rows k > 0 differ; a served row never depends on
+  whatever else the batcher put next to it);
+* guidance is per row (it broadcasts in the guidance formula);
+* rows are grouped by (scheduler, num_steps, start step): each group runs its own loop on
+  its own rows, so requests with different settings can share a batch safely.
+
+The loops themselves are `models.sampling.DenoiseLoop`, the same code the pipeline runs.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from models.sampling import BLEND, CONCAT, DenoiseLoop
+from models.schedulers import SCHEDULERS
+from models.schedulers.euler_ancestral import stateless_normal
+
+from .signatures import Untracked
+
+MAX_SEED = 2**32  # the pipeline takes seeds 0 .. 2**32 - 1; larger ones wrap
+MAX_STEPS = 1000
+
+
+def scheduler_names():
+    """The order of the `scheduler` input's indices (also written to the manifest)."""
+    return sorted(SCHEDULERS)
+
+
+def _export_scheduler(name, schedule, row_shape, pad_to=None):
+    """The registry scheduler, with per-row ancestral noise and (for XLA) padded plans.
+
+    `pad_to` gives every plan a static length so one XLA program serves all step counts
+    (see models/schedulers/base.py); without XLA the plans stay exactly the pipeline's.
+    """
+    base = SCHEDULERS[name]
+    fixed_length = pad_to
+
+    class Exported(base):
+        def plan(self, num_steps, pad_to=None):
+            return super().plan(num_steps, pad_to=fixed_length if pad_to is None else pad_to)
+
+        def _noise(self, shape, seed, i):
+            seed = tf.convert_to_tensor(seed, tf.int64)
+            if seed.shape.rank == 1:
+                return super()._noise(shape, seed, i)
+            rows = tf.map_fn(lambda s: stateless_normal(tf.constant(row_shape), s, i), seed,
+                             fn_output_signature=tf.TensorSpec(row_shape, tf.float32))
+            return tf.reshape(rows, shape)
+
+    Exported.__name__ = f"Exported{base.__name__}"
+    return Exported(schedule)
+
+
+class DiffusionModule(tf.Module):
+    """`serving_default` (txt2img) and `inpaint` signatures around the UNet.
+
+    Height and width are fixed at the model's default size: the UNet is convolutional, but a
+    fixed latent shape keeps every served graph (and its XLA program) static.
+    """
+
+    def __init__(self, unet, schedule, latent_size, latent_channels, context_length, batch=None,
+                 jit_compile=False):
+        super().__init__(name="diffusion")
+        self._unet = Untracked(unet)
+        self.schedulers = scheduler_names()
+        self.latent_shape = (latent_size, latent_size, latent_channels)
+        self.inpainting_unet = unet.config.is_inpainting
+        # txt2img reuses the inpainting loop with mask 1 (BLEND: 1 * x + 0 * known is exactly x;
+        # CONCAT: what the pipeline does for 9-channel UNets): half the traced loops to save.
+        self.modes = (CONCAT, CONCAT) if self.inpainting_unet else (BLEND, BLEND)
+        pad_to = MAX_STEPS if jit_compile else None
+        row_shape = (1, *self.latent_shape)
+        self._loops = {
+            (k, mode): DenoiseLoop(unet, _export_scheduler(name, schedule, row_shape, pad_to), mode,
+                                   jit_compile=jit_compile)
+            for k, name in enumerate(self.schedulers) for mode in set(self.modes)
+        }
+        h, w, c = self.latent_shape
+        dim = unet.config.cross_attention_dim
+        common = [
+            tf.TensorSpec([batch, context_length, dim], tf.float32, name="context"),
+            tf.TensorSpec([batch, context_length, dim], tf.float32, name="unconditional_context"),
+            tf.TensorSpec([batch], tf.int64, name="seed"),
+            tf.TensorSpec([batch], tf.float32, name="guidance_scale"),
+            tf.TensorSpec([batch], tf.int32, name="num_steps"),
+            tf.TensorSpec([batch], tf.int32, name="scheduler"),
+        ]
+        inpaint = common + [
+            tf.TensorSpec([batch, h, w, 1], tf.float32, name="mask"),
+            tf.TensorSpec([batch, h, w, c], tf.float32, name="image_latents"),
+            tf.TensorSpec([batch], tf.float32, name="strength"),
+        ]
+        if self.inpainting_unet:
+            inpaint.append(tf.TensorSpec([batch, h, w, c], tf.float32, name="masked_image_latents"))
+            self.inpaint = tf.function(self._inpaint_concat, input_signature=inpaint)
+        else:
+            self.inpaint = tf.function(self._inpaint_blend, input_signature=inpaint)
+        self.serve = tf.function(self._txt2img, input_signature=common)
+
+    def signatures(self):
+        return {"serving_default": self.serve, "inpaint": self.inpaint}
+
+    # -- signatures ----------------------------------------------------------------------
+    def _txt2img(self, context, unconditional_context, seed, guidance_scale, num_steps, scheduler):
+        noise = self.initial_noise(seed)
+        zeros = tf.zeros_like(noise)
+        ones = tf.ones_like(noise[..., :1])
+        start = tf.zeros_like(num_steps)
+        latents = self._sample(self.modes[0], noise, context, unconditional_context, seed, guidance_scale,
+                               num_steps, scheduler, start, mask=ones, cond_latents=zeros, init_latents=zeros)
+        return {"latents": latents}
+
+    def _inpaint_blend(self, context, unconditional_context, seed, guidance_scale, num_steps, scheduler,
+                       mask, image_latents, strength):
+        """`mask` 1 = repaint (the pipeline's area-resized latent mask); known latents are
+        blended back after every step, noised to the next timestep."""
+        noise = self.initial_noise(seed)
+        start = self._start(num_steps, scheduler, strength)
+        latents = self._sample(BLEND, noise, context, unconditional_context, seed, guidance_scale, num_steps,
+                               scheduler, start, mask=mask, cond_latents=image_latents,
+                               init_latents=image_latents)
+        return {"latents": latents}
+
+    def _inpaint_concat(self, context, unconditional_context, seed, guidance_scale, num_steps, scheduler,
+                        mask, image_latents, strength, masked_image_latents):
+        """9-channel UNets see the (binarised, as the pipeline does) mask and the masked image's
+        latents as extra channels; `image_latents` only seeds strength < 1."""
+        noise = self.initial_noise(seed)
+        start = self._start(num_steps, scheduler, strength)
+        mask = tf.cast(mask >= 0.5, tf.float32)
+        latents = self._sample(CONCAT, noise, context, unconditional_context, seed, guidance_scale, num_steps,
+                               scheduler, start, mask=mask, cond_latents=masked_image_latents,
+                               init_latents=image_latents)
+        return {"latents": latents}
+
+    # -- pieces --------------------------------------------------------------------------
+    def initial_noise(self, seed):
+        """Row k: stateless_normal(seed=[seed_k, 0]), exactly `StableDiffusionPipeline.initial_noise`.
+
+        Drawn outside any XLA cluster: XLA maps Philox bits to floats differently."""
+        seed = tf.math.floormod(tf.cast(seed, tf.int64), MAX_SEED)
+        shape = tf.constant(self.latent_shape, tf.int32)
+        return tf.map_fn(
+            lambda s: tf.random.stateless_normal(shape, seed=tf.stack([s, tf.constant(0, tf.int64)])),
+            seed, fn_output_signature=tf.TensorSpec(self.latent_shape, tf.float32),
+        )
+
+    def _start(self, num_steps, scheduler, strength):
+        """First step index per row for an inpainting/img2img `strength`, as the pipeline."""
+        starts = tf.stack([self._loops[(k, self.modes[1])].scheduler.start_index(num_steps, strength)
+                           for k in range(len(self.schedulers))])
+        index = tf.clip_by_value(scheduler, 0, len(self.schedulers) - 1)
+        start = tf.gather(tf.transpose(starts), index, batch_dims=1)
+        tf.debugging.assert_less(start, num_steps, message="strength leaves no denoising step to run; "
+                                 "raise strength or num_steps")
+        return start
+
+    def _sample(self, mode, noise, context, uncond, seed, guidance, num_steps, scheduler, start, mask,
+                cond_latents, init_latents):
+        count = len(self.schedulers)
+        tf.debugging.assert_non_negative(scheduler, message=f"scheduler must be an index into {self.schedulers}")
+        tf.debugging.assert_less(scheduler, count, message=f"scheduler must be an index into {self.schedulers}")
+        tf.debugging.assert_greater_equal(num_steps, 1, message="num_steps must be >= 1")
+        tf.debugging.assert_less_equal(num_steps, MAX_STEPS, message=f"num_steps must be <= {MAX_STEPS}")
+        steps = tf.cast(num_steps, tf.int64)
+        key = (tf.cast(scheduler, tf.int64) * (MAX_STEPS + 1) + steps) * (MAX_STEPS + 1) + tf.cast(start, tf.int64)
+        groups, group_of_row = tf.unique(key)
+        seed = tf.math.floormod(tf.cast(seed, tf.int64), MAX_SEED)
+        per_row = (noise, context, uncond, seed, tf.reshape(guidance, [-1, 1, 1, 1]), mask, cond_latents,
+                   init_latents)
+
+        def run_group(g, out):
+            rows = tf.reshape(tf.where(tf.equal(group_of_row, tf.cast(g, group_of_row.dtype))), [-1])
+            x0, ctx, unc, sd, gd, m, cond, init = [tf.gather(t, rows) for t in per_row]
+            first = rows[0]
+            n, s, st = num_steps[first], scheduler[first], start[first]
+            seeds = tf.stack([sd, tf.ones_like(sd)], axis=1)  # the pipeline's scheduler seed [seed, 1]
+
+            def branch(k):
+                loop = self._loops[(k, mode)]
+
+                def run():
+                    x = loop.prepare(x0, n, st, init, x0)
+                    return loop.run(x, num_steps=n, start=st, context=ctx, uncond=unc, guidance=gd, seed=seeds,
+                                    mask=m, cond_latents=cond, noise=x0)
+                return run
+
+            x = tf.switch_case(s, [branch(k) for k in range(count)])
+            return g + 1, tf.tensor_scatter_nd_update(out, rows[:, None], x)
+
+        _, latents = tf.while_loop(lambda g, _: g < tf.size(groups), run_group,
+                                   (tf.constant(0), tf.zeros_like(noise)))
+        return latents
+
+    def example_inputs(self, signature="serving_default", batch=1, num_steps=1, scheduler=0):
+        """Small valid requests (warm-up records, export self-checks)."""
+        spec = self.signatures()[signature].input_signature
+        out = {}
+        for s in spec:
+            shape = [batch if d is None else d for d in s.shape.as_list()]
+            out[s.name] = tf.zeros(shape, s.dtype)
+        out["seed"] = tf.range(batch, dtype=tf.int64)
+        out["guidance_scale"] = tf.fill([batch], 7.5)
+        out["num_steps"] = tf.fill([batch], num_steps)
+        out["scheduler"] = tf.fill([batch], scheduler)
+        if signature == "inpaint":
+            out["strength"] = tf.ones([batch])
+        return out
