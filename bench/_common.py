@@ -71,6 +71,7 @@ class RSSSampler:
 
     def __init__(self, interval=0.05):
         self.interval, self.peak = interval, 0.0
+        self.phases = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -84,10 +85,19 @@ class RSSSampler:
         self._thread.start()
         return self
 
+    def mark(self, label):
+        """Close a phase: record the peak since the last mark under `label`, start a new one."""
+        now = rss_gb()
+        self.phases[label] = max(self.peak, now)
+        self.peak = now
+
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_gb())
+        if self.phases:  # `peak` stays the whole section's peak
+            self.phases["rest"] = self.peak
+            self.peak = max(self.phases.values())
 
 
 def median(values):

@@ -5,8 +5,9 @@
 Builds our text encoder, UNet, VAE decoder and VAE encoder at full size with random weights
 (nothing downloaded), wraps them in `models.pipeline.StableDiffusionPipeline` and calls
 `generate` for ONE image `--repeats` times (the first call includes tracing). Peak RSS is the
-process's ru_maxrss (the true high-water mark); the per-phase peaks come from a sampling thread
-(50 ms resolution). Target: peak RSS <= 6 GB.
+process's ru_maxrss (the true high-water mark); the per-phase peaks (text encoder + denoising
+loop, then VAE decode) come from a sampling thread (50 ms resolution). GB = GiB (2**30 bytes).
+Target: peak RSS <= 6 GB.
 
 `--tiny` uses the tiny test configs (smoke test).
 """
@@ -23,7 +24,7 @@ TARGET_GB = 6.0
 PROMPT = "a photograph of an astronaut riding a horse"
 
 
-def build_components(tiny=False):
+def build_components(tiny=False, unet_policy="float32"):
     from models.components import Components
     from models.schedulers import NoiseSchedule
     from models.text_encoder import TextEncoder
@@ -31,15 +32,32 @@ def build_components(tiny=False):
     from models.unet import UNet
     from models.vae import VAEDecoder, VAEEncoder
 
+    from .experiments import dtype_policy
+
     c = C.configs(tiny)
+    with dtype_policy(unet_policy):
+        unet = UNet(c["unet"])
     return Components(
-        text_encoder=TextEncoder(c["text_encoder"]), unet=UNet(c["unet"]), decoder=VAEDecoder(c["vae"]),
+        text_encoder=TextEncoder(c["text_encoder"]), unet=unet, decoder=VAEDecoder(c["vae"]),
         encoder=VAEEncoder(c["vae"]), tokenizer=default_tokenizer(), vae_config=c["vae"],
         schedule=NoiseSchedule(), name="tiny-random" if tiny else "sd-v1-random",
     )
 
 
-def run(size=512, steps=2, repeats=2, tiny=False, jit_compile=False, scheduler="ddim"):
+def run(size=512, steps=2, repeats=2, tiny=False, jit_compile=False, scheduler="ddim",
+        split_guidance=False, unet_policy="float32"):
+    """`split_guidance` / `unet_policy` measure the prototypes in bench/experiments.py."""
+    import contextlib
+
+    from .experiments import split_guidance as split_ctx
+
+    with split_ctx() if split_guidance else contextlib.nullcontext():
+        result = _run(size, steps, repeats, tiny, jit_compile, scheduler, unet_policy)
+    result.update(split_guidance=split_guidance, unet_policy=unet_policy)
+    return result
+
+
+def _run(size, steps, repeats, tiny, jit_compile, scheduler, unet_policy):
     C.quiet_tf()
     t_start = time.perf_counter()
     import keras
@@ -48,26 +66,42 @@ def run(size=512, steps=2, repeats=2, tiny=False, jit_compile=False, scheduler="
 
     from models.pipeline import StableDiffusionPipeline
 
-    result = {"benchmark": "pipeline_memory", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    result = {"benchmark": "pipeline_memory", "units": "GB here means GiB (2**30 bytes)", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "size": size, "steps": steps, "repeats": repeats, "tiny": tiny, "dtype": "float32",
               "jit_compile": jit_compile, "scheduler": scheduler, "batch": 1,
               "loadavg_start": C.loadavg(), "machine": C.machine_info(),
               "tensorflow": tf.__version__, "keras": keras.__version__,
               "rss_after_imports_gb": C.r(C.rss_gb())}
     keras.utils.set_random_seed(0)
-    comps, build_s = C.timed(lambda: build_components(tiny))
+    comps, build_s = C.timed(lambda: build_components(tiny, unet_policy))
     result["build_s"] = C.r(build_s, 2)
     result["params_m"] = {name: C.r(getattr(comps, name).count_params() / 1e6, 1)
                           for name in ("text_encoder", "unet", "decoder", "encoder")}
-    result["weights_gb"] = C.r(sum(result["params_m"].values()) * 1e6 * 4 / C.GB)
+    result["weights_gb"] = C.r(sum(
+        int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+        for name in ("text_encoder", "unet", "decoder", "encoder") for v in getattr(comps, name).weights) / C.GB)
     result["rss_after_build_gb"] = C.r(C.rss_gb())
     pipe = StableDiffusionPipeline(comps, jit_compile=jit_compile)
 
+    # Phase marks: generate() runs text encoding, the denoising loop, then decode_latents.
+    decode = pipe.decode_latents
+    state = {}
+
+    def marked_decode(latents):
+        state["mem"].mark("text_and_loop")
+        state["t_decode"] = time.perf_counter()
+        return decode(latents)
+
+    pipe.decode_latents = marked_decode
     calls = []
     for k in range(repeats):
         with C.RSSSampler() as mem, C.CpuMeter() as cpu:
+            state["mem"] = mem
             gen = pipe.generate(PROMPT, num_steps=steps, seed=0, height=size, width=size, scheduler=scheduler)
         calls.append({"s": C.r(cpu.wall, 2), "peak_rss_sampled_gb": C.r(mem.peak),
+                      "peak_rss_text_and_loop_gb": C.r(mem.phases.get("text_and_loop")),
+                      "peak_rss_decode_gb": C.r(mem.phases.get("rest")),
+                      "decode_s": C.r(time.perf_counter() - state["t_decode"], 2) if "t_decode" in state else None,
                       "first": k == 0, **cpu.as_dict()})
         print(f"[pipeline_memory] generate #{k + 1}: {cpu.wall:.1f} s, sampled peak {mem.peak:.2f} GB, "
               f"ru_maxrss {C.peak_rss_gb():.2f} GB", file=sys.stderr, flush=True)
@@ -78,6 +112,7 @@ def run(size=512, steps=2, repeats=2, tiny=False, jit_compile=False, scheduler="
     # Phase breakdown (warm): the VAE decoder alone at this size.
     with C.RSSSampler() as mem, C.CpuMeter() as cpu:
         pipe.decode_latents(gen.latents)
+    pipe.decode_latents = decode
     result["decode_only"] = {"s": C.r(cpu.wall, 2), "peak_rss_sampled_gb": C.r(mem.peak)}
 
     result["peak_rss_gb"] = C.r(C.peak_rss_gb())
@@ -89,16 +124,18 @@ def run(size=512, steps=2, repeats=2, tiny=False, jit_compile=False, scheduler="
 
 
 def format_report(res):
-    calls = ", ".join(f"{c['s']:.1f} s" for c in res["generate_calls"])
+    calls = ", ".join(f"{c['s']:.1f} s (peak loop {c['peak_rss_text_and_loop_gb']} / decode "
+                      f"{c['peak_rss_decode_gb']} GB)" for c in res["generate_calls"])
     return "\n".join([
-        f"full fp32 SD v1 pipeline{' [TINY config]' if res['tiny'] else ''}: one {res['size']}x{res['size']} "
-        f"image, {res['steps']} {res['scheduler']} steps, jit_compile={res['jit_compile']}",
+        f"full SD v1 pipeline{' [TINY config]' if res['tiny'] else ''}: one {res['size']}x{res['size']} "
+        f"image, {res['steps']} {res['scheduler']} steps, jit_compile={res['jit_compile']}, UNet policy "
+        f"{res['unet_policy']}, split guidance {res['split_guidance']}",
         f"load average at start {res['loadavg_start']}, end {res['loadavg_end']}",
-        f"parameters (M): {res['params_m']}  -> fp32 weights {res['weights_gb']:.2f} GB",
+        f"parameters (M): {res['params_m']}  -> weights {res['weights_gb']:.2f} GB",
         f"build {res['build_s']:.1f} s; RSS after build {res['rss_after_build_gb']:.2f} GB",
         f"generate calls: {calls} (first includes tracing)",
         f"VAE decode alone: {res['decode_only']['s']:.1f} s, sampled peak {res['decode_only']['peak_rss_sampled_gb']:.2f} GB",
-        f"PEAK RSS {res['peak_rss_gb']:.2f} GB (target <= {res['target_gb']} GB: "
+        f"PEAK RSS {res['peak_rss_gb']:.2f} GiB (target <= {res['target_gb']} GB: "
         f"{'MET' if res['target_met'] else 'NOT MET'})",
     ])
 
@@ -111,10 +148,15 @@ def main(argv=None):
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--jit-compile", action="store_true", help="XLA-compile the denoising loop")
     p.add_argument("--tiny", action="store_true", help="tiny test configs")
+    p.add_argument("--split-guidance", action="store_true",
+                   help="prototype: guidance as two batch-1 UNet calls (bench/experiments.py)")
+    p.add_argument("--unet-policy", default="float32",
+                   help="prototype: Keras dtype policy of the UNet only (e.g. bfloat16: bf16 weights)")
     p.add_argument("--out", default="bench/results/pipeline_memory.json", help="JSON output ('' for none)")
     args = p.parse_args(argv)
     size = args.size or (64 if args.tiny else 512)
-    res = run(size, args.steps, max(1, args.repeats), args.tiny, args.jit_compile, args.scheduler)
+    res = run(size, args.steps, max(1, args.repeats), args.tiny, args.jit_compile, args.scheduler,
+              args.split_guidance, args.unet_policy)
     print(format_report(res))
     C.write_json(args.out, res)
     if args.out:

@@ -40,6 +40,10 @@ import traceback
 from . import _common as C
 
 VARIANTS = ("ours", "ours_xla", "kerascv", "diffusers")
+# Prototypes of suggested changes (bench/experiments.py), run only when named in --variants:
+# guidance as two batch-1 UNet calls, and a mixed_bfloat16 UNet.
+EXPERIMENTS = ("ours_split", "ours_xla_split", "ours_bf16", "ours_xla_bf16")
+ALL_VARIANTS = VARIANTS + EXPERIMENTS
 TARGETS = {"ours_over_kerascv": 0.8, "ours_over_diffusers": 1.0}
 CONTEXT_LEN = 77
 GUIDANCE = 7.5
@@ -130,8 +134,25 @@ def merge_rounds(runs):
     return merged
 
 
-def measure_ours(size, steps, repeats, tiny=False, jit_compile=False):
-    """DenoiseLoop.run with DDIM: warm-up (trace/compile) call, then `repeats` timed runs."""
+def measure_ours(size, steps, repeats, tiny=False, jit_compile=False, split=False, policy="float32"):
+    """DenoiseLoop.run with DDIM: warm-up (trace/compile) call, then `repeats` timed runs.
+
+    `split` / `policy` measure the prototypes in bench/experiments.py.
+    """
+    import contextlib
+
+    from .experiments import dtype_policy, split_guidance
+
+    with split_guidance() if split else contextlib.nullcontext(), dtype_policy(policy):
+        result = _measure_ours(size, steps, repeats, tiny, jit_compile)
+    name = "ours_xla" if jit_compile else "ours"
+    name += "_split" if split else ""
+    name += "_bf16" if policy != "float32" else ""
+    result.update(variant=name, split_guidance=split, dtype_policy=policy)
+    return result
+
+
+def _measure_ours(size, steps, repeats, tiny=False, jit_compile=False):
     C.quiet_tf()
     t_start = time.perf_counter()
     import keras
@@ -322,11 +343,14 @@ def measure(variant, size, steps, repeats, tiny=False, quiet_wait=None):
         return measure_ours(size, steps, repeats, tiny, jit_compile=False)
     if variant == "ours_xla":
         return measure_ours(size, steps, repeats, tiny, jit_compile=True)
+    if variant in EXPERIMENTS:
+        return measure_ours(size, steps, repeats, tiny, jit_compile="xla" in variant,
+                            split="split" in variant, policy="mixed_bfloat16" if "bf16" in variant else "float32")
     if variant == "kerascv":
         return measure_kerascv(size, steps, repeats, tiny)
     if variant == "diffusers":
         return measure_diffusers(size, steps, repeats, tiny)
-    raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    raise ValueError(f"unknown variant {variant!r}; choose from {ALL_VARIANTS}")
 
 
 # --------------------------------------------------------------------------- parent
@@ -361,8 +385,9 @@ def summarize(results, meta):
     def ms(v):
         return (results.get(v) or {}).get("ms_per_step")
 
+    ours_names = [v for v in ALL_VARIANTS if v.startswith("ours") and v in results]
     ratios = {}
-    for ours in ("ours", "ours_xla"):
+    for ours in ours_names:
         for other in ("kerascv", "diffusers"):
             if ms(ours) and ms(other):
                 ratios[f"{ours}_over_{other}"] = C.r(ms(ours) / ms(other))
@@ -373,12 +398,13 @@ def summarize(results, meta):
         return (results.get(v) or {}).get("ms_per_step_cpu")
 
     ratios_min, ratios_cpu = {}, {}
-    for ours in ("ours", "ours_xla"):
+    for ours in ours_names:
         for other in ("kerascv", "diffusers"):
             if ms_min(ours) and ms_min(other):
                 ratios_min[f"{ours}_over_{other}"] = C.r(ms_min(ours) / ms_min(other))
             if ms_cpu(ours) and ms_cpu(other):
                 ratios_cpu[f"{ours}_over_{other}"] = C.r(ms_cpu(ours) / ms_cpu(other))
+    # Targets judge what models/ ships (ours, ours_xla), not the bench/experiments.py prototypes.
     best = min((v for v in ("ours", "ours_xla") if ms(v)), key=ms, default=None)
     checks = {}
     if best:
@@ -403,15 +429,15 @@ def format_table(summary):
         f"load average at start {summary['loadavg_start']}, end {summary.get('loadavg_end')}; "
         f"{summary['machine']['cpu_count']} CPUs ({summary['machine']['cpu_model']})",
         "",
-        f"{'variant':<10} {'ms/step':>9} {'min':>9} {'cpu ms':>9} {'unet call':>10} {'build s':>8} "
+        f"{'variant':<15} {'ms/step':>9} {'min':>9} {'cpu ms':>9} {'unet call':>10} {'build s':>8} "
         f"{'1st call s':>10} {'peak RSS GB':>11} {'cores own/others':>16} {'clean':>6}",
     ]
-    for v in VARIANTS:
+    for v in ALL_VARIANTS:
         x = res.get(v)
         if x is None:
             continue
         if "error" in x or "skipped" in x:
-            lines.append(f"{v:<10} " + (f"ERROR: {x['error']}" if "error" in x else f"skipped: {x['skipped']}"))
+            lines.append(f"{v:<15} " + (f"ERROR: {x['error']}" if "error" in x else f"skipped: {x['skipped']}"))
             continue
         cpu = x.get("ms_per_step_cpu_per_run") or []
         own = C.median([c["own_cores"] for c in cpu if c.get("own_cores") is not None])
@@ -422,22 +448,26 @@ def format_table(summary):
             val = x.get(key)
             return format(val, fmt) if val is not None else "-"
 
-        lines.append(f"{v:<10} {f('ms_per_step', '9.1f')} {f('ms_per_step_min', '9.1f')} "
+        lines.append(f"{v:<15} {f('ms_per_step', '9.1f')} {f('ms_per_step_min', '9.1f')} "
                      f"{f('ms_per_step_cpu', '9.1f')} {f('unet_call_ms', '10.1f')} {f('build_s', '8.2f')} {f('first_call_s', '10.2f')} "
                      f"{f('peak_rss_gb', '11.2f')} {cores:>16} "
                      f"{x.get('ms_per_step_clean_runs', '-')}/{len(x.get('ms_per_step_all', []))}")
     lines.append("ms/step: median of the clean runs (other processes used <= "
                  f"{QUIET} cores), of all runs if none was clean; min: fastest run")
-    lines.append("cpu ms: CPU time this process used per step (median)")
+    lines.append("cpu ms: CPU time this process used per step (median); unet call: one bare UNet forward "
+                 "at the loop's batch (2; 1 for kerascv)")
+    if any(v in res for v in EXPERIMENTS):
+        lines.append("*_split / *_bf16: prototypes from bench/experiments.py (guidance as two batch-1 UNet "
+                     "calls / mixed_bfloat16 UNet), not what models/ ships")
     lines.append("cores own/others: median CPU cores used by the variant / by other processes while timed")
     if summary.get("contended_variants"):
         lines.append(f"WARNING: no clean run for {summary['contended_variants']}: their ms/step is contended")
     lines.append("")
-    lines.append(f"{'ratio':<24} {'median':>7} {'min':>7} {'cpu':>7}")
+    lines.append(f"{'ratio':<29} {'median':>7} {'min':>7} {'cpu':>7}")
     for k, v in summary["ratios"].items():
         m = summary.get("ratios_of_min", {}).get(k)
         c = summary.get("ratios_of_cpu_time", {}).get(k)
-        lines.append(f"{k:<24} {v:7.3f} " + " ".join(f"{x:7.3f}" if x is not None else "      -" for x in (m, c)))
+        lines.append(f"{k:<29} {v:7.3f} " + " ".join(f"{x:7.3f}" if x is not None else "      -" for x in (m, c)))
     for k, c in summary["targets"].items():
         lines.append(f"target {k} <= {c['target']}: {c['best_ours']} {c['ratio']:.3f} "
                      f"-> {'MET' if c['met'] else 'NOT MET'}")
@@ -451,7 +481,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--out", default="bench/results/unet_step.json", help="JSON output ('' for none)")
     p.add_argument("--tiny", action="store_true", help="tiny test configs; skips KerasCV")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated, from " + ",".join(ALL_VARIANTS) + " (default: the first four)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per child")
     p.add_argument("--quiet-wait", type=float, default=None,
                    help="seconds to wait for other processes to go quiet before each timed run "
@@ -459,7 +490,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=1,
                    help="run the variants in turn this many times (fresh child each time) and pool "
                         "the repetitions, so that other jobs' load spreads over all variants")
-    p.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.size is None:
@@ -485,8 +516,8 @@ def main(argv=None):
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
-        if v not in VARIANTS:
-            raise SystemExit(f"unknown variant {v!r}; choose from {VARIANTS}")
+        if v not in ALL_VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {ALL_VARIANTS}")
     meta = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "size": args.size, "latent": args.size // 8,
             "batch": 1, "steps": args.steps, "repeats": args.repeats, "rounds": args.rounds, "tiny": args.tiny,
             "guidance": GUIDANCE, "dtype": "float32", "loadavg_start": C.loadavg(),
