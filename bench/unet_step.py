@@ -8,9 +8,10 @@ traces / compiles. The reported time per step is the MEDIAN over `--repeats` rep
 (loop time / steps), because other jobs may share the CPU; the load average is recorded.
 
 Variants (each in its own subprocess, so that peak RSS figures do not mix):
-  ours       models.sampling.DenoiseLoop.run (the whole loop is one tf.function, CFG as one
-             batch-2 UNet call), jit_compile=False
+  ours       models.sampling.DenoiseLoop.run (the whole loop is one tf.function), float32, with
+             the pipeline's CPU default guidance_batching="split" (two batch-1 UNet calls)
   ours_xla   the same with jit_compile=True (XLA on CPU)
+  ours_bf16  bfloat16 weights and math (load_pipeline(dtype="bfloat16")), CFG as one batch-2 call
   kerascv    keras_cv 0.9.0 StableDiffusion.generate_image itself: per step two batch-1
              predict_on_batch calls (unconditional, conditional) + guidance + DDIM update in
              numpy/eager ops. Its sub-models are built with download_weights=False; the text
@@ -39,11 +40,21 @@ import traceback
 
 from . import _common as C
 
-VARIANTS = ("ours", "ours_xla", "kerascv", "diffusers")
-# Prototypes of suggested changes (bench/experiments.py), run only when named in --variants:
-# guidance as two batch-1 UNet calls, and a mixed_bfloat16 UNet.
-EXPERIMENTS = ("ours_split", "ours_xla_split", "ours_bf16", "ours_xla_bf16")
+VARIANTS = ("ours", "ours_xla", "ours_bf16", "kerascv", "diffusers")
+# Further variants, run only when named in --variants: guidance as one batch-2 call in float32
+# (what "auto" avoids on CPUs), XLA + bfloat16, and mixed_bfloat16 (float32 weights cast per call).
+EXPERIMENTS = ("ours_batched", "ours_xla_batched", "ours_xla_bf16", "ours_mixed_bf16")
 ALL_VARIANTS = VARIANTS + EXPERIMENTS
+# What each of our variants is: (jit_compile, guidance_batching, Keras dtype policy)
+OURS = {
+    "ours": (False, "split", "float32"),  # = the pipeline's default on a CPU (guidance_batching="auto")
+    "ours_xla": (True, "split", "float32"),
+    "ours_bf16": (False, "batched", "bfloat16"),  # = load_pipeline(..., dtype="bfloat16") on a CPU
+    "ours_batched": (False, "batched", "float32"),
+    "ours_xla_batched": (True, "batched", "float32"),
+    "ours_xla_bf16": (True, "batched", "bfloat16"),
+    "ours_mixed_bf16": (False, "batched", "mixed_bfloat16"),
+}
 TARGETS = {"ours_over_kerascv": 0.8, "ours_over_diffusers": 1.0}
 CONTEXT_LEN = 77
 GUIDANCE = 7.5
@@ -134,25 +145,18 @@ def merge_rounds(runs):
     return merged
 
 
-def measure_ours(size, steps, repeats, tiny=False, jit_compile=False, split=False, policy="float32"):
-    """DenoiseLoop.run with DDIM: warm-up (trace/compile) call, then `repeats` timed runs.
+def measure_ours(size, steps, repeats, tiny=False, variant="ours"):
+    """DenoiseLoop.run with DDIM: warm-up (trace/compile) call, then `repeats` timed runs."""
+    from .experiments import dtype_policy
 
-    `split` / `policy` measure the prototypes in bench/experiments.py.
-    """
-    import contextlib
-
-    from .experiments import dtype_policy, split_guidance
-
-    with split_guidance() if split else contextlib.nullcontext(), dtype_policy(policy):
-        result = _measure_ours(size, steps, repeats, tiny, jit_compile)
-    name = "ours_xla" if jit_compile else "ours"
-    name += "_split" if split else ""
-    name += "_bf16" if policy != "float32" else ""
-    result.update(variant=name, split_guidance=split, dtype_policy=policy)
+    jit_compile, batching, policy = OURS[variant]
+    with dtype_policy(policy):
+        result = _measure_ours(size, steps, repeats, tiny, jit_compile, batching)
+    result.update(variant=variant, guidance_batching=batching, dtype_policy=policy)
     return result
 
 
-def _measure_ours(size, steps, repeats, tiny=False, jit_compile=False):
+def _measure_ours(size, steps, repeats, tiny=False, jit_compile=False, batching="split"):
     C.quiet_tf()
     t_start = time.perf_counter()
     import keras
@@ -176,7 +180,7 @@ def _measure_ours(size, steps, repeats, tiny=False, jit_compile=False):
     result.update(build_s=C.r(build_s, 2), params_m=C.r(unet.count_params() / 1e6, 1),
                   rss_after_build_gb=C.r(C.rss_gb()))
 
-    loop = DenoiseLoop(unet, get_scheduler("ddim"), jit_compile=jit_compile)
+    loop = DenoiseLoop(unet, get_scheduler("ddim"), jit_compile=jit_compile, guidance_batching=batching)
     d = cfg.cross_attention_dim
     x = tf.random.stateless_normal([1, lat, lat, cfg.in_channels], seed=[0, 0])
     args = dict(
@@ -339,13 +343,8 @@ def measure(variant, size, steps, repeats, tiny=False, quiet_wait=None):
     """One variant's result dict. `quiet_wait`: seconds to wait for a quiet machine before each
     timed run (default 20, or 0 with `tiny`)."""
     QUIET_WAIT["s"] = (0.0 if tiny else 20.0) if quiet_wait is None else float(quiet_wait)
-    if variant == "ours":
-        return measure_ours(size, steps, repeats, tiny, jit_compile=False)
-    if variant == "ours_xla":
-        return measure_ours(size, steps, repeats, tiny, jit_compile=True)
-    if variant in EXPERIMENTS:
-        return measure_ours(size, steps, repeats, tiny, jit_compile="xla" in variant,
-                            split="split" in variant, policy="mixed_bfloat16" if "bf16" in variant else "float32")
+    if variant in OURS:
+        return measure_ours(size, steps, repeats, tiny, variant=variant)
     if variant == "kerascv":
         return measure_kerascv(size, steps, repeats, tiny)
     if variant == "diffusers":
@@ -405,7 +404,7 @@ def summarize(results, meta):
             if ms_cpu(ours) and ms_cpu(other):
                 ratios_cpu[f"{ours}_over_{other}"] = C.r(ms_cpu(ours) / ms_cpu(other))
     # Targets judge what models/ ships (ours, ours_xla), not the bench/experiments.py prototypes.
-    best = min((v for v in ("ours", "ours_xla") if ms(v)), key=ms, default=None)
+    best = min((v for v in ("ours", "ours_xla", "ours_bf16") if ms(v)), key=ms, default=None)
     checks = {}
     if best:
         for key, target in TARGETS.items():
@@ -482,7 +481,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="bench/results/unet_step.json", help="JSON output ('' for none)")
     p.add_argument("--tiny", action="store_true", help="tiny test configs; skips KerasCV")
     p.add_argument("--variants", default=",".join(VARIANTS),
-                   help="comma-separated, from " + ",".join(ALL_VARIANTS) + " (default: the first four)")
+                   help="comma-separated, from " + ",".join(ALL_VARIANTS) + " (default: ours, ours_xla, ours_bf16, kerascv, diffusers)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per child")
     p.add_argument("--quiet-wait", type=float, default=None,
                    help="seconds to wait for other processes to go quiet before each timed run "

@@ -25,6 +25,9 @@ def _common(p):
     p.add_argument("--unet", default=None, help="a fine-tuned diffusion model (unet/ folder) replacing the base one")
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin pickles (runs their code)")
     p.add_argument("--xla", action="store_true", help="compile the loop with XLA")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "mixed_float16", "mixed_bfloat16"], default="float32",
+                   help="bfloat16: about 2x faster on CPUs with AVX-512 BF16/AMX, small quality cost; "
+                        "mixed_float16 for GPUs")
 
 
 def parse_args(argv):
@@ -53,7 +56,8 @@ def main(argv=None):
     from .png_info import png_bytes
 
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.model, allow_pickle=args.allow_pickle, jit_compile=args.xla, unet=args.unet)
+    pipe = load_pipeline(args.model, allow_pickle=args.allow_pickle, jit_compile=args.xla, unet=args.unet,
+                         dtype=args.dtype)
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     bar = tqdm(total=args.steps, desc="denoising", unit="step")
 

@@ -143,6 +143,12 @@ class Upsample(keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels}
 
 
+# Above this many score elements per batch item (heads x queries x keys), attention runs over
+# query chunks one after another: SD v1's first self-attention at 512 px has 8 x 4096 x 4096
+# scores, 512 MB in float32 for the scores and as much again for the softmax, per image.
+ATTENTION_CHUNK_ELEMENTS = 1 << 25
+
+
 def attention(q, k, v, heads, bias=None):
     """Scaled dot-product attention over [B, N, heads*d] projections."""
     c = q.shape[-1]
@@ -151,12 +157,46 @@ def attention(q, k, v, heads, bias=None):
     q = ops.transpose(ops.reshape(q * (d**-0.5), (-1, n, heads, d)), (0, 2, 1, 3))
     k = ops.transpose(ops.reshape(k, (-1, m, heads, d)), (0, 2, 3, 1))
     v = ops.transpose(ops.reshape(v, (-1, m, heads, d)), (0, 2, 1, 3))
+    chunks = 1 if bias is not None else _query_chunks(heads, n, m)
+    if chunks == 1:
+        out = _attend(q, k, v, bias)
+    else:
+        outs = []
+        for part in ops.split(q, chunks, axis=2):
+            if outs:  # chain the chunks so the graph runtime does not run them side by side
+                part = _after(part, outs[-1])
+            outs.append(_attend(part, k, v, bias))
+        out = ops.concatenate(outs, axis=2)
+    return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, n, c))
+
+
+def _attend(q, k, v, bias):
     scores = ops.matmul(q, k)
     if bias is not None:
         scores = scores + bias
-    weights = ops.softmax(scores, axis=-1)
-    out = ops.matmul(weights, v)
-    return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, n, c))
+    return ops.matmul(ops.softmax(scores, axis=-1), v)
+
+
+def _query_chunks(heads, n, m):
+    """How many query chunks keep the scores under the limit (1 when shapes are dynamic)."""
+    if not isinstance(n, int) or not isinstance(m, int) or heads * n * m <= ATTENTION_CHUNK_ELEMENTS:
+        return 1
+    chunks = 2
+    while heads * (n // chunks) * m > ATTENTION_CHUNK_ELEMENTS or n % chunks:
+        chunks += 1
+        if chunks > n:
+            return 1
+    return chunks
+
+
+def _after(x, dependency):
+    """`x`, computed only once `dependency` is (graph mode); a no-op eagerly."""
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return x
+    with tf.control_dependencies([dependency]):
+        return tf.identity(x)
 
 
 class Attention(keras.layers.Layer):

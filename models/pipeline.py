@@ -72,8 +72,12 @@ class StableDiffusionPipeline:
     Latents are NHWC and scaled by the VAE scaling factor, as in the SD papers and diffusers.
     """
 
-    def __init__(self, components: Components, jit_compile: bool = False):
+    def __init__(self, components: Components, jit_compile: bool = False, guidance_batching: str = "auto"):
+        """`guidance_batching`: "batched" (one UNet call on the doubled batch), "split" (two
+        calls) or "auto": split for float32 on a CPU-only machine, where it is faster (see
+        models/sampling.py), batched otherwise."""
         self.components = components
+        self.guidance_batching = self._choose_batching(guidance_batching, components)
         self.text_encoder = components.text_encoder
         self.unet = components.unet
         self.decoder = components.decoder
@@ -86,6 +90,13 @@ class StableDiffusionPipeline:
         self._decode = tf.function(
             lambda z: self.decoder(z / self.scaling_factor, training=False), reduce_retracing=True
         )
+
+    @staticmethod
+    def _choose_batching(choice, components):
+        if choice != "auto":
+            return choice
+        float32 = components.unet.dtype_policy.compute_dtype == "float32"
+        return "split" if float32 and not tf.config.list_physical_devices("GPU") else "batched"
 
     # -- facts clients need --------------------------------------------------------------
     @property
@@ -206,7 +217,8 @@ class StableDiffusionPipeline:
         key = (scheduler, mode)
         if key not in self._loops:
             sched = get_scheduler(scheduler, self.components.schedule)
-            self._loops[key] = DenoiseLoop(self.unet, sched, mode, jit_compile=self.jit_compile)
+            self._loops[key] = DenoiseLoop(self.unet, sched, mode, jit_compile=self.jit_compile,
+                                           guidance_batching=self.guidance_batching)
         return self._loops[key]
 
     def generate(

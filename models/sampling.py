@@ -2,8 +2,12 @@
 
 Everything a request varies (steps, guidance, seed, img2img start, inpainting tensors) is a
 tensor input, so one traced graph per (scheduler, inpainting mode) serves every request and
-can be exported to a SavedModel with the loop inside. Classifier-free guidance is a single
-UNet call on a doubled batch rather than two calls per step.
+can be exported to a SavedModel with the loop inside. Classifier-free guidance is by default a
+single UNet call on a doubled batch ("batched"); "split" makes two calls of the original batch
+instead, which is about 1.4x faster in float32 on a CPU: at batch >= 2 TensorFlow's oneDNN
+convolutions pick a blocked weight layout and, the weights being variables, re-lay-out every
+filter on every call (bench/unet_variants.py measures both). Split also halves the largest
+attention temporaries.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 NO_INPAINT, BLEND, CONCAT = "none", "blend", "concat"
+GUIDANCE_BATCHING = ("batched", "split")
 
 
 class DenoiseLoop:
@@ -21,8 +26,11 @@ class DenoiseLoop:
     mask and masked-image latents are extra input channels).
     """
 
-    def __init__(self, unet, scheduler, mode=NO_INPAINT, jit_compile=False):
+    def __init__(self, unet, scheduler, mode=NO_INPAINT, jit_compile=False, guidance_batching="batched"):
+        if guidance_batching not in GUIDANCE_BATCHING:
+            raise ValueError(f"guidance_batching must be one of {GUIDANCE_BATCHING}, got {guidance_batching!r}")
         self.unet, self.scheduler, self.mode = unet, scheduler, mode
+        self.guidance_batching = guidance_batching
         self.run = tf.function(self._run, jit_compile=jit_compile, reduce_retracing=True)
         self.step = tf.function(self._step, jit_compile=jit_compile, reduce_retracing=True)
         self.prepare = tf.function(self._prepare, reduce_retracing=True)
@@ -34,6 +42,11 @@ class DenoiseLoop:
         if self.mode == CONCAT:
             x_in = tf.concat([x_in, mask, cond_latents], axis=-1)
         batch = tf.shape(x)[0]
+        if self.guidance_batching == "split":
+            tt = tf.fill([batch], tf.cast(t, tf.float32))
+            eps_uncond = tf.cast(self.unet([x_in, tt, uncond], training=False), x.dtype)
+            eps_text = tf.cast(self.unet([x_in, tt, context], training=False), x.dtype)
+            return eps_uncond + guidance * (eps_text - eps_uncond)
         eps = self.unet(
             [tf.concat([x_in, x_in], 0), tf.fill([2 * batch], tf.cast(t, tf.float32)),
              tf.concat([uncond, context], 0)],

@@ -1,6 +1,6 @@
-"""Teaches the default model a shape it has never seen (a hexagon), on a CPU, and measures it.
+"""Teaches the default model a shape it has never seen (an ellipse), on a CPU, and measures it.
 
-    python -m training.demo_new_concept [--out outputs/hexagon] [--steps 1500]
+    python -m training.demo_new_concept [--out outputs/ellipse] [--steps 1500]
 
 Before/after accuracy comes from the same plain-image-analysis evaluator as the default
 model's report; the fine-tuned result is only a unet/ folder, and the text encoder and
@@ -25,8 +25,8 @@ def _digest(folder: Path) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m training.demo_new_concept", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="outputs/hexagon")
-    p.add_argument("--shape", default="hexagon")
+    p.add_argument("--out", default="outputs/ellipse")
+    p.add_argument("--shape", default="ellipse")
     p.add_argument("--images", type=int, default=1500, help="images of the new shape (as many old ones are mixed in)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)

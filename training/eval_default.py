@@ -77,18 +77,19 @@ def main(argv=None):
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--out", default="outputs/eval")
-    p.add_argument("--shapes", default=None, help="comma-separated shapes for a fine-tuning check, e.g. hexagon")
+    p.add_argument("--shapes", default=None, help="comma-separated shapes for a fine-tuning check, e.g. ellipse")
+    p.add_argument("--dtype", default="float32", help='e.g. "bfloat16" to measure its quality cost')
     args = p.parse_args(argv)
 
     from models import load_pipeline
     from training.plots import save_grid
 
-    pipe = load_pipeline(args.model, unet=args.unet)
+    pipe = load_pipeline(args.model, unet=args.unet, dtype=args.dtype)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     report = {"model": args.model, "unet": args.unet, "steps": args.steps, "guidance": args.guidance,
-              "scheduler": args.scheduler}
+              "scheduler": args.scheduler, "dtype": args.dtype}
     if args.shapes:
         from .synthetic import all_combinations
 

@@ -117,10 +117,17 @@ def _draw_hexagon(draw, cx, cy, w, fill):
     )
 
 
-# The base dataset's shapes. "hexagon" is drawn and parsed but kept out, so that fine-tuning
-# on it (with ``shapes=ALL_SHAPES``) teaches the model something it has never seen.
+@register_shape("ellipse", height_ratio=0.5)
+def _draw_ellipse(draw, cx, cy, w, fill):
+    # Twice as wide as it is tall: an outline the base model's circles never have.
+    draw.ellipse([cx - w / 2, cy - w / 4, cx + w / 2, cy + w / 4], fill=fill)
+
+
+# The base dataset's shapes. "hexagon" and "ellipse" are drawn and parsed but kept out, so
+# that fine-tuning on one (with ``shapes=ALL_SHAPES``) teaches the model something it has
+# never seen.
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-ALL_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "hexagon")
+ALL_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "hexagon", "ellipse")
 
 # Kept out of training to measure generalisation: 12 base combinations (each base shape 4
 # times, every colour at least once as shape and once as background; every (colour, shape)
