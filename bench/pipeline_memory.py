@@ -24,7 +24,7 @@ TARGET_GB = 6.0
 PROMPT = "a photograph of an astronaut riding a horse"
 
 
-def build_components(tiny=False, unet_policy="float32"):
+def build_components(tiny=False, dtype="float32"):
     from models.components import Components
     from models.schedulers import NoiseSchedule
     from models.text_encoder import TextEncoder
@@ -35,29 +35,22 @@ def build_components(tiny=False, unet_policy="float32"):
     from .experiments import dtype_policy
 
     c = C.configs(tiny)
-    with dtype_policy(unet_policy):
-        unet = UNet(c["unet"])
-    return Components(
-        text_encoder=TextEncoder(c["text_encoder"]), unet=unet, decoder=VAEDecoder(c["vae"]),
-        encoder=VAEEncoder(c["vae"]), tokenizer=default_tokenizer(), vae_config=c["vae"],
-        schedule=NoiseSchedule(), name="tiny-random" if tiny else "sd-v1-random",
-    )
+    with dtype_policy(dtype):  # every network, as load_pipeline(dtype=...) builds them
+        return Components(
+            text_encoder=TextEncoder(c["text_encoder"]), unet=UNet(c["unet"]), decoder=VAEDecoder(c["vae"]),
+            encoder=VAEEncoder(c["vae"]), tokenizer=default_tokenizer(), vae_config=c["vae"],
+            schedule=NoiseSchedule(), name="tiny-random" if tiny else "sd-v1-random",
+        )
 
 
 def run(size=512, steps=2, repeats=2, tiny=False, jit_compile=False, scheduler="ddim",
-        split_guidance=False, unet_policy="float32"):
-    """`split_guidance` / `unet_policy` measure the prototypes in bench/experiments.py."""
-    import contextlib
-
-    from .experiments import split_guidance as split_ctx
-
-    with split_ctx() if split_guidance else contextlib.nullcontext():
-        result = _run(size, steps, repeats, tiny, jit_compile, scheduler, unet_policy)
-    result.update(split_guidance=split_guidance, unet_policy=unet_policy)
+        guidance_batching="auto", dtype="float32"):
+    result = _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching)
+    result.update(dtype=dtype)
     return result
 
 
-def _run(size, steps, repeats, tiny, jit_compile, scheduler, unet_policy):
+def _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching):
     C.quiet_tf()
     t_start = time.perf_counter()
     import keras
@@ -67,13 +60,13 @@ def _run(size, steps, repeats, tiny, jit_compile, scheduler, unet_policy):
     from models.pipeline import StableDiffusionPipeline
 
     result = {"benchmark": "pipeline_memory", "units": "GB here means GiB (2**30 bytes)", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "size": size, "steps": steps, "repeats": repeats, "tiny": tiny, "dtype": "float32",
+              "size": size, "steps": steps, "repeats": repeats, "tiny": tiny, "dtype": dtype,
               "jit_compile": jit_compile, "scheduler": scheduler, "batch": 1,
               "loadavg_start": C.loadavg(), "machine": C.machine_info(),
               "tensorflow": tf.__version__, "keras": keras.__version__,
               "rss_after_imports_gb": C.r(C.rss_gb())}
     keras.utils.set_random_seed(0)
-    comps, build_s = C.timed(lambda: build_components(tiny, unet_policy))
+    comps, build_s = C.timed(lambda: build_components(tiny, dtype))
     result["build_s"] = C.r(build_s, 2)
     result["params_m"] = {name: C.r(getattr(comps, name).count_params() / 1e6, 1)
                           for name in ("text_encoder", "unet", "decoder", "encoder")}
@@ -81,7 +74,8 @@ def _run(size, steps, repeats, tiny, jit_compile, scheduler, unet_policy):
         int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
         for name in ("text_encoder", "unet", "decoder", "encoder") for v in getattr(comps, name).weights) / C.GB)
     result["rss_after_build_gb"] = C.r(C.rss_gb())
-    pipe = StableDiffusionPipeline(comps, jit_compile=jit_compile)
+    pipe = StableDiffusionPipeline(comps, jit_compile=jit_compile, guidance_batching=guidance_batching)
+    result["guidance_batching"] = pipe.guidance_batching
 
     # Phase marks: generate() runs text encoding, the denoising loop, then decode_latents.
     decode = pipe.decode_latents
@@ -128,8 +122,8 @@ def format_report(res):
                       f"{c['peak_rss_decode_gb']} GB)" for c in res["generate_calls"])
     return "\n".join([
         f"full SD v1 pipeline{' [TINY config]' if res['tiny'] else ''}: one {res['size']}x{res['size']} "
-        f"image, {res['steps']} {res['scheduler']} steps, jit_compile={res['jit_compile']}, UNet policy "
-        f"{res['unet_policy']}, split guidance {res['split_guidance']}",
+        f"image, {res['steps']} {res['scheduler']} steps, jit_compile={res['jit_compile']}, dtype "
+        f"{res['dtype']}, guidance batching {res['guidance_batching']}",
         f"load average at start {res['loadavg_start']}, end {res['loadavg_end']}",
         f"parameters (M): {res['params_m']}  -> weights {res['weights_gb']:.2f} GB",
         f"build {res['build_s']:.1f} s; RSS after build {res['rss_after_build_gb']:.2f} GB",
@@ -148,15 +142,14 @@ def main(argv=None):
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--jit-compile", action="store_true", help="XLA-compile the denoising loop")
     p.add_argument("--tiny", action="store_true", help="tiny test configs")
-    p.add_argument("--split-guidance", action="store_true",
-                   help="prototype: guidance as two batch-1 UNet calls (bench/experiments.py)")
-    p.add_argument("--unet-policy", default="float32",
-                   help="prototype: Keras dtype policy of the UNet only (e.g. bfloat16: bf16 weights)")
+    p.add_argument("--guidance-batching", default="auto", choices=["auto", "batched", "split"],
+                   help="as StableDiffusionPipeline's (auto: split for float32 on a CPU)")
+    p.add_argument("--dtype", default="float32", help="Keras dtype policy of every network (e.g. bfloat16)")
     p.add_argument("--out", default="bench/results/pipeline_memory.json", help="JSON output ('' for none)")
     args = p.parse_args(argv)
     size = args.size or (64 if args.tiny else 512)
     res = run(size, args.steps, max(1, args.repeats), args.tiny, args.jit_compile, args.scheduler,
-              args.split_guidance, args.unet_policy)
+              args.guidance_batching, args.dtype)
     print(format_report(res))
     C.write_json(args.out, res)
     if args.out:
