@@ -6,6 +6,7 @@ Nothing here imports TensorFlow or torch at module level, so the parent process 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -220,3 +221,16 @@ def wait_quiet(threshold=0.25, max_wait=60.0, window=1.0):
             return 0.0, None
         if other is None or other <= threshold or time.perf_counter() - t0 >= max_wait:
             return time.perf_counter() - t0, other
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Keras global dtype policy for the models built in the block (e.g. "bfloat16")."""
+    import keras
+
+    old = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(old)

@@ -32,10 +32,8 @@ def build_components(tiny=False, dtype="float32"):
     from models.unet import UNet
     from models.vae import VAEDecoder, VAEEncoder
 
-    from .experiments import dtype_policy
-
     c = C.configs(tiny)
-    with dtype_policy(dtype):  # every network, as load_pipeline(dtype=...) builds them
+    with C.dtype_policy(dtype):  # every network, as load_pipeline(dtype=...) builds them
         return Components(
             text_encoder=TextEncoder(c["text_encoder"]), unet=UNet(c["unet"]), decoder=VAEDecoder(c["vae"]),
             encoder=VAEEncoder(c["vae"]), tokenizer=default_tokenizer(), vae_config=c["vae"],

@@ -147,10 +147,8 @@ def merge_rounds(runs):
 
 def measure_ours(size, steps, repeats, tiny=False, variant="ours"):
     """DenoiseLoop.run with DDIM: warm-up (trace/compile) call, then `repeats` timed runs."""
-    from .experiments import dtype_policy
-
     jit_compile, batching, policy = OURS[variant]
-    with dtype_policy(policy):
+    with C.dtype_policy(policy):
         result = _measure_ours(size, steps, repeats, tiny, jit_compile, batching)
     result.update(variant=variant, guidance_batching=batching, dtype_policy=policy)
     return result
@@ -403,7 +401,7 @@ def summarize(results, meta):
                 ratios_min[f"{ours}_over_{other}"] = C.r(ms_min(ours) / ms_min(other))
             if ms_cpu(ours) and ms_cpu(other):
                 ratios_cpu[f"{ours}_over_{other}"] = C.r(ms_cpu(ours) / ms_cpu(other))
-    # Targets judge what models/ ships (ours, ours_xla), not the bench/experiments.py prototypes.
+    # Targets judge what models/ ships: ours, ours_xla and ours_bf16 (load_pipeline(dtype="bfloat16")).
     best = min((v for v in ("ours", "ours_xla", "ours_bf16") if ms(v)), key=ms, default=None)
     checks = {}
     if best:
@@ -456,8 +454,8 @@ def format_table(summary):
     lines.append("cpu ms: CPU time this process used per step (median); unet call: one bare UNet forward "
                  "at the loop's batch (2; 1 for kerascv)")
     if any(v in res for v in EXPERIMENTS):
-        lines.append("*_split / *_bf16: prototypes from bench/experiments.py (guidance as two batch-1 UNet "
-                     "calls / mixed_bfloat16 UNet), not what models/ ships")
+        lines.append("ours_batched: float32 with guidance as one batch-2 call (the pipeline's choice on GPUs); "
+                     "ours_mixed_bf16: float32 weights cast to bfloat16 per call")
     lines.append("cores own/others: median CPU cores used by the variant / by other processes while timed")
     if summary.get("contended_variants"):
         lines.append(f"WARNING: no clean run for {summary['contended_variants']}: their ms/step is contended")
