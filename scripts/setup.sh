@@ -43,21 +43,22 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-if [ "$profile" = test ]; then
-  # TF.js export: tensorflowjs pins TensorFlow 2.19, so its converter gets its own env,
-  # .venv-tfjs/ (exports/tfjs.py calls it as a subprocess).
-  tfjs_stamp=".venv-tfjs/.setup-stamp"
-  tfjs_want=$(sha256sum requirements-tfjs.txt | cut -d' ' -f1)
-  if [ ! -f "$tfjs_stamp" ] || [ "$(cat "$tfjs_stamp")" != "$tfjs_want" ]; then
-    echo "setup: installing the TF.js converter into .venv-tfjs/ (first run takes a few minutes)"
-    [ -x .venv-tfjs/bin/python ] || "$PY" -m venv .venv-tfjs
-    .venv-tfjs/bin/python -m pip install -q --upgrade pip
-    .venv-tfjs/bin/python -m pip install -q -r requirements-tfjs.txt
-    TF_CPP_MIN_LOG_LEVEL=3 .venv-tfjs/bin/python -c "import google.protobuf, tensorflowjs" >/dev/null 2>&1 \
-      || { echo "setup: tensorflowjs does not import in .venv-tfjs/" >&2; exit 1; }
-    echo "$tfjs_want" > "$tfjs_stamp"
-  fi
+# TF.js export (the browser client's models; both profiles, since the demo serves them):
+# tensorflowjs pins TensorFlow 2.19, so its converter gets its own env, .venv-tfjs/
+# (exports/tfjs.py calls it as a subprocess).
+tfjs_stamp=".venv-tfjs/.setup-stamp"
+tfjs_want=$(sha256sum requirements-tfjs.txt | cut -d' ' -f1)
+if [ ! -f "$tfjs_stamp" ] || [ "$(cat "$tfjs_stamp")" != "$tfjs_want" ]; then
+  echo "setup: installing the TF.js converter into .venv-tfjs/ (first run takes a few minutes)"
+  [ -x .venv-tfjs/bin/python ] || "$PY" -m venv .venv-tfjs
+  .venv-tfjs/bin/python -m pip install -q --upgrade pip
+  .venv-tfjs/bin/python -m pip install -q -r requirements-tfjs.txt
+  TF_CPP_MIN_LOG_LEVEL=3 .venv-tfjs/bin/python -c "import google.protobuf, tensorflowjs" >/dev/null 2>&1 \
+    || { echo "setup: tensorflowjs does not import in .venv-tfjs/" >&2; exit 1; }
+  echo "$tfjs_want" > "$tfjs_stamp"
+fi
 
+if [ "$profile" = test ]; then
   # Node.js and the pure-JS @tensorflow/tfjs (no native download) to run TF.js exports in tests.
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm || echo "setup: without Node.js the TF.js runtime tests are skipped" >&2
@@ -71,4 +72,25 @@ if [ "$profile" = test ]; then
       echo "$npm_want" > "$npm_stamp"
     fi
   fi
+fi
+
+# The browser client (edge/web/, served at /edge/) loads TensorFlow.js from its own node_modules
+# (npm ci from package-lock.json; no CDN, no build step): both profiles, since the app serves it.
+if ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm || echo "setup: without npm the browser client at /edge/ has no TensorFlow.js" >&2
+fi
+if command -v npm >/dev/null 2>&1; then
+  web_stamp="edge/web/node_modules/.setup-stamp"
+  web_want=$(cat edge/web/package.json edge/web/package-lock.json | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$web_stamp" ] || [ "$(cat "$web_stamp")" != "$web_want" ]; then
+    echo "setup: installing TensorFlow.js for the browser client into edge/web/"
+    (cd edge/web && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$web_want" > "$web_stamp"
+  fi
+fi
+
+# The browser client's end-to-end test drives Debian's chromium with Playwright
+# (Playwright's own browser download is not reachable here).
+if [ "$profile" = test ] && [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium || echo "setup: without chromium the browser tests are skipped" >&2
 fi

@@ -1,0 +1,264 @@
+"""Phone-class edge client: the TFLite text encoder, image encoder and decoder run here; only the
+text embedding (and, for inpainting, the image latents and the mask) go to the server's
+diffusion endpoint, and only latents come back.
+
+    python -m edge.client --server http://127.0.0.1:7860 --exports EXPORT_DIR \
+        --prompt "a red circle on a blue background" --seed 0 --out out.png
+    python -m edge.client --server URL --exports EXPORT_DIR --prompt "a green square" \
+        --image in.png --mask mask.png --mask-blur 4 --out inpainted.png
+
+It uses ai-edge-litert, numpy, Pillow, the standard library and the project's tokenizer
+(models/tokenizer.py, pure Python), never TensorFlow: it is what an Android or iOS app does,
+in Python (see the README's "Edge clients").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import wire
+
+COMPONENTS = ("text_encoder", "decoder", "image_encoder")
+
+
+class EdgeError(RuntimeError):
+    """A problem the user can act on (bad export folder, server error); the text says what."""
+
+
+def gaussian_blur(mask: np.ndarray, radius: float) -> np.ndarray:
+    """The pipeline's mask blur (models/pipeline.py): separable Gaussian, sigma = radius / 2,
+    edges clamped; the client needs the same one for the paste-back."""
+    if radius <= 0:
+        return mask
+    sigma = radius / 2.0
+    r = int(math.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    padded = np.pad(mask, r, mode="edge")
+    rows = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, padded)
+    return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, rows)
+
+
+def paste_back(image: np.ndarray, decoded: np.ndarray, mask: np.ndarray, mask_blur: float) -> np.ndarray:
+    """Pixels outside the (blurred) mask are the original's: round(keep*image + (1-keep)*decoded)."""
+    pixel_mask = gaussian_blur((np.asarray(mask).astype(np.float32) > 0).astype(np.float32),
+                               float(mask_blur)).astype(np.float32)
+    keep = 1.0 - pixel_mask[None, :, :, None]
+    return np.round(keep * image[None] + (1.0 - keep) * decoded).astype(np.uint8)
+
+
+class EdgeModels:
+    """The TFLite files of an export (manifest.json), and its tokenizer."""
+
+    def __init__(self, exports_dir: str, precision: str = "float32", components=COMPONENTS):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from models.tokenizer import CLIPTokenizer
+
+        path = os.path.join(exports_dir, "manifest.json")
+        if not os.path.isfile(path):
+            raise EdgeError(f"{exports_dir} has no manifest.json: is it an export folder (python -m exports)?")
+        with open(path, encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        self.dir = exports_dir
+        self.runners, self.files = {}, {}
+        for component in components:
+            art = next((a for a in self.manifest["artifacts"] if a["component"] == component
+                        and a["format"] == "tflite" and a["precision"] == precision), None)
+            if art is None:
+                if component == "image_encoder":
+                    continue  # optional: only inpainting needs it
+                raise EdgeError(f"the export has no {precision} TFLite {component} (export with "
+                                f"--formats tflite --quantize {precision})")
+            interp = Interpreter(model_path=os.path.join(exports_dir, art["path"]))
+            self.runners[component] = interp.get_signature_runner("serving_default")
+            self.files[component] = art["path"]
+        tok_dir = os.path.join(exports_dir, os.path.dirname(self.manifest["tokenizer"]["files"]["vocab"]))
+        self.tokenizer = CLIPTokenizer.from_pretrained_folder(tok_dir)
+        self.image_size = (self.manifest["image"]["height"], self.manifest["image"]["width"])
+
+    def encode_text(self, prompt: str) -> np.ndarray:
+        """prompt -> context float32 [1, 77, D]."""
+        ids = self.tokenizer.tokenize([prompt], warn=False).astype(np.int32)
+        return np.asarray(self.runners["text_encoder"](token_ids=ids)["context"], np.float32)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """latents [B, h, w, 4] -> uint8 [B, H, W, 3] (the TFLite file has batch 1: row by row)."""
+        rows = [self.runners["decoder"](latents=np.asarray(latents[i:i + 1], np.float32))["images"]
+                for i in range(latents.shape[0])]
+        return np.concatenate(rows, 0).astype(np.uint8)
+
+    def encode_image(self, image: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3] -> latents float32 [1, h, w, 4] (posterior mean x scaling factor)."""
+        if "image_encoder" not in self.runners:
+            raise EdgeError("the export has no TFLite image_encoder: inpainting needs it")
+        return np.asarray(self.runners["image_encoder"](images=np.asarray(image, np.uint8)[None])["latents"],
+                          np.float32)
+
+
+@dataclass
+class EdgeResult:
+    images: np.ndarray  # uint8 [B, H, W, 3]
+    seeds: list
+    parameters: dict
+    bytes_sent: int
+    bytes_received: int
+    timings: dict = field(default_factory=dict)  # seconds per stage
+
+
+class EdgeClient:
+    def __init__(self, server: str, models: EdgeModels, token: str | None = None, dtype: str = "float16",
+                 timeout: float = 600.0):
+        if dtype not in ("float16", "float32"):
+            raise EdgeError(f"dtype must be float16 or float32, got {dtype!r}")
+        self.server, self.models, self.token, self.timeout = server.rstrip("/"), models, token, timeout
+        self.np_dtype = np.float16 if dtype == "float16" else np.float32
+
+    def diffuse(self, tensors: dict, params: dict):
+        """POST /api/v1/diffuse; returns (latents float32, metadata, bytes sent, bytes received)."""
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        body = wire.encode(tensors)
+        req = urllib.request.Request(f"{self.server}/api/v1/diffuse?{query}", data=body, method="POST",
+                                     headers={"Content-Type": wire.MEDIA_TYPE, "Accept": wire.MEDIA_TYPE})
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                data = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode("utf-8", "replace")
+            try:
+                detail = json.loads(detail).get("error", {}).get("message", detail)
+            except (ValueError, AttributeError):
+                pass
+            raise EdgeError(f"the server answered {e.code}: {detail}") from None
+        except urllib.error.URLError as e:
+            raise EdgeError(f"cannot reach {self.server}: {e.reason}") from None
+        tensors, metadata = wire.decode(data)
+        if "latents" not in tensors:
+            raise EdgeError(f"the server's answer has no 'latents' tensor (got {sorted(tensors)})")
+        return np.asarray(tensors["latents"], np.float32), metadata, len(body), len(data)
+
+    def _common(self, prompt, negative_prompt, timings):
+        t = time.perf_counter()
+        tensors = {"context": self.models.encode_text(prompt).astype(self.np_dtype)}
+        if negative_prompt:  # otherwise the server uses the model's own empty-prompt context
+            tensors["unconditional_context"] = self.models.encode_text(negative_prompt).astype(self.np_dtype)
+        timings["text_encoder"] = time.perf_counter() - t
+        return tensors
+
+    def _finish(self, tensors, params, timings):
+        t = time.perf_counter()
+        latents, meta, sent, received = self.diffuse(tensors, params)
+        timings["diffuse_request"] = time.perf_counter() - t
+        t = time.perf_counter()
+        images = self.models.decode(latents)
+        timings["decoder"] = time.perf_counter() - t
+        seeds = json.loads(meta.get("seeds", "[]"))
+        parameters = json.loads(meta.get("parameters", "{}"))
+        return images, seeds, parameters, sent, received
+
+    def txt2img(self, prompt, negative_prompt=None, seed=None, steps=20, guidance_scale=7.5,
+                scheduler="ddim") -> EdgeResult:
+        timings = {}
+        tensors = self._common(prompt, negative_prompt, timings)
+        params = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler,
+                      dtype=np.dtype(self.np_dtype).name)
+        images, seeds, parameters, sent, received = self._finish(tensors, params, timings)
+        return EdgeResult(images, seeds, parameters, sent, received, timings)
+
+    def inpaint(self, prompt, image, mask, negative_prompt=None, seed=None, steps=20, guidance_scale=7.5,
+                scheduler="ddim", mask_blur=0.0, strength=1.0) -> EdgeResult:
+        """image uint8 [H, W, 3], mask [H, W] (nonzero = repaint) at the model's image size."""
+        image, mask = np.asarray(image, np.uint8), np.asarray(mask)
+        if image.shape[:2] != tuple(self.models.image_size) or mask.shape != image.shape[:2]:
+            raise EdgeError(f"image {list(image.shape[:2])} and mask {list(mask.shape)} must both be "
+                            f"{list(self.models.image_size)} (the exported encoder's fixed size)")
+        if self.models.manifest["diffusion"].get("unet_in_channels", 4) != 4:
+            raise EdgeError("this model has a 9-channel inpainting UNet; this client sends latent-blend inputs only")
+        timings = {}
+        tensors = self._common(prompt, negative_prompt, timings)
+        t = time.perf_counter()
+        tensors["image_latents"] = self.models.encode_image(image).astype(self.np_dtype)
+        timings["image_encoder"] = time.perf_counter() - t
+        tensors["mask"] = ((mask > 0) * 255).astype(np.uint8)
+        params = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler,
+                      strength=strength, mask_blur=mask_blur, dtype=np.dtype(self.np_dtype).name)
+        decoded, seeds, parameters, sent, received = self._finish(tensors, params, timings)
+        images = paste_back(image, decoded, mask, mask_blur)
+        return EdgeResult(images, seeds, parameters, sent, received, timings)
+
+
+def _parse(argv=None):
+    p = argparse.ArgumentParser(prog="python -m edge.client", description=__doc__.split("\n\n")[0])
+    p.add_argument("--server", required=True, help="base URL of the server, e.g. http://127.0.0.1:7860")
+    p.add_argument("--exports", required=True, help="export folder with manifest.json and tflite/")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--seed", type=int, default=None, help="default: the server picks one (printed)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--image", help="inpainting: the image to repaint (resized to the model's size)")
+    p.add_argument("--mask", help="inpainting: white/painted = repaint (same size as the image)")
+    p.add_argument("--mask-blur", type=float, default=0.0)
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--precision", default="float32", choices=("float32", "float16"),
+                   help="which TFLite files to run (float16 files are half the size)")
+    p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="tensors on the wire")
+    p.add_argument("--token", default=os.environ.get("SD_API_TOKEN"), help="API token (default: $SD_API_TOKEN)")
+    p.add_argument("--out", required=True, help="PNG to write (image k of a batch: <out>-k.png)")
+    args = p.parse_args(argv)
+    if (args.image is None) != (args.mask is None):
+        p.error("inpainting needs both --image and --mask")
+    return args
+
+
+def main(argv=None):
+    args = _parse(argv)
+    from PIL import Image
+
+    try:
+        models = EdgeModels(args.exports, args.precision)
+        client = EdgeClient(args.server, models, token=args.token, dtype=args.dtype)
+        common = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
+                      guidance_scale=args.guidance, scheduler=args.scheduler)
+        if args.image:
+            h, w = models.image_size
+            image = np.asarray(Image.open(args.image).convert("RGB").resize((w, h), Image.LANCZOS))
+            mask = np.asarray(Image.open(args.mask).convert("L").resize((w, h), Image.NEAREST))
+            result = client.inpaint(args.prompt, image, mask, mask_blur=args.mask_blur, strength=args.strength,
+                                    **common)
+        else:
+            result = client.txt2img(args.prompt, **common)
+    except EdgeError as e:
+        print(f"edge.client: error: {e}", file=sys.stderr)
+        return 1
+    from PIL import PngImagePlugin
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    outs = [args.out] if len(result.images) == 1 else [
+        f"{os.path.splitext(args.out)[0]}-{k}.png" for k in range(len(result.images))]
+    for img, path in zip(result.images, outs):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", json.dumps(result.parameters))
+        Image.fromarray(img).save(path, pnginfo=info)
+    stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
+    print(f"wrote {', '.join(outs)} (seed {result.seeds}; sent {result.bytes_sent} B, received "
+          f"{result.bytes_received} B; {stages})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+// The browser edge client: tokenizer, text encoder, image encoder and decoder run here (TF.js);
+// POST /api/v1/diffuse does only the diffusion. Query options: ?backend=wasm (force one),
+// ?exports=/exports/ (where manifest.json is), ?api= (server base URL, default this origin).
+import { selectBackend, ORDER } from "./backend.js";
+import { loadManifest, loadModel, run } from "./models.js";
+import { CLIPTokenizer } from "./tokenizer.js";
+import { pasteBack } from "./imaging.js";
+import * as wire from "./wire.js";
+
+const tf = globalThis.tf;
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+const EXPORTS = new URL(query.get("exports") || "/exports/", location.href);
+const API = (query.get("api") || location.origin).replace(/\/$/, "");
+
+const state = {
+  ready: false, busy: false, mode: "txt2img", manifest: null, tokenizer: null,
+  models: {}, precision: null, backend: null, image: null, last: null, error: null,
+};
+// For tests and the console: window.sdEdge.state.last holds the latest result.
+window.sdEdge = { state, generate: () => generate() };
+
+function setStatus(text, kind = "ok") {
+  const el = $("status");
+  el.textContent = text;
+  el.dataset.state = kind;
+}
+const ms = (t) => `${t.toFixed(0)} ms`;
+const kb = (n) => `${n} B (${(n / 1024).toFixed(1)} KiB)`;
+
+async function ensureModels(precision) {
+  if (state.precision === precision) return;
+  const t0 = performance.now();
+  const sources = [];
+  let bytes = 0;
+  for (const c of ["text_encoder", "decoder", "image_encoder"]) {
+    if (c === "image_encoder" && !state.manifest.artifacts.some((a) => a.component === c && a.format === "tfjs")) continue;
+    setStatus(`Loading ${c} (${precision})…`, "busy");
+    if (state.models[c]) state.models[c].model.dispose();
+    state.models[c] = await loadModel(tf, EXPORTS, state.manifest, c, precision);
+    sources.push(`${c}: ${state.models[c].source}`);
+    bytes += state.models[c].bytes;
+  }
+  state.precision = precision;
+  state.modelSources = Object.fromEntries(Object.entries(state.models).map(([k, v]) => [k, v.source]));
+  $("weights").textContent = `${precision}, ${(bytes / 1e6).toFixed(1)} MB (${sources.join(", ")}) in ${ms(performance.now() - t0)}`;
+}
+
+async function encodeText(prompt) {
+  const ids = state.tokenizer.tokenize(prompt);
+  const t = tf.tensor(ids, [1, ids.length], "int32");
+  const out = await run(state.models.text_encoder.model, { token_ids: t });
+  const values = await out.context.data();
+  const shape = out.context.shape;
+  t.dispose();
+  out.context.dispose();
+  return { values: Float32Array.from(values), shape };
+}
+
+function tensorMsg(values, shape, dtype) {
+  return dtype === "float16"
+    ? { dtype: "F16", shape, data: wire.float32ToFloat16(values) }
+    : { dtype: "F32", shape, data: Float32Array.from(values) };
+}
+
+async function diffuse(tensors, params) {
+  const body = wire.encode(tensors);
+  const qs = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== null && v !== "" && v !== undefined));
+  const r = await fetch(`${API}/api/v1/diffuse?${qs}`, {
+    method: "POST", body, headers: { "Content-Type": wire.MEDIA_TYPE, Accept: wire.MEDIA_TYPE },
+  });
+  const data = new Uint8Array(await r.arrayBuffer());
+  if (!r.ok) {
+    let msg = new TextDecoder().decode(data);
+    try { msg = JSON.parse(msg).error?.message || msg; } catch (e) { /* not JSON */ }
+    throw new Error(`the server answered ${r.status}: ${msg}`);
+  }
+  const { tensors: out, metadata } = wire.decode(data);
+  if (!out.latents) throw new Error("the server's answer has no latents");
+  return { latents: out.latents, metadata, sent: body.length, received: data.length };
+}
+
+async function decode(latents) {
+  const values = wire.asFloat32(latents);
+  const t = tf.tensor(values, latents.shape, "float32");
+  const out = await run(state.models.decoder.model, { latents: t });
+  const [, h, w] = out.images.shape;
+  const pixels = Uint8Array.from(await out.images.data()); // uint8 arrives as int32 in TF.js
+  t.dispose();
+  Object.values(out).forEach((x) => x.dispose());
+  return { pixels, h, w };
+}
+
+async function encodeImage(rgb, h, w) {
+  const t = tf.tensor(Int32Array.from(rgb), [1, h, w, 3], "int32");
+  const out = await run(state.models.image_encoder.model, { images: t });
+  const values = Float32Array.from(await out.latents.data());
+  const shape = out.latents.shape;
+  t.dispose();
+  out.latents.dispose();
+  return { values, shape };
+}
+
+function draw(canvas, rgb, h, w) {
+  canvas.width = w;
+  canvas.height = h;
+  const img = new ImageData(w, h);
+  for (let p = 0; p < h * w; p++) {
+    img.data[p * 4] = rgb[p * 3];
+    img.data[p * 4 + 1] = rgb[p * 3 + 1];
+    img.data[p * 4 + 2] = rgb[p * 3 + 2];
+    img.data[p * 4 + 3] = 255;
+  }
+  canvas.getContext("2d").putImageData(img, 0, 0);
+}
+
+function readMask() {
+  const c = $("mask");
+  const a = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  const m = new Uint8Array(c.width * c.height);
+  for (let p = 0; p < m.length; p++) m[p] = a[p * 4 + 3] > 0 ? 255 : 0;
+  return m;
+}
+
+function settings() {
+  const seed = $("seed").value.trim();
+  return {
+    prompt: $("prompt").value, negative: $("negative").value.trim(),
+    seed: seed === "" ? null : Number(seed), steps: Number($("steps").value),
+    guidance: Number($("guidance").value), scheduler: $("scheduler").value,
+    precision: $("precision").value, dtype: $("dtype").value,
+    maskBlur: Number($("mask-blur").value), strength: Number($("strength").value),
+  };
+}
+
+async function generate() {
+  if (!state.ready || state.busy) return null;
+  state.busy = true;
+  $("run").disabled = true;
+  const s = settings();
+  const timings = {};
+  try {
+    await ensureModels(s.precision);
+    setStatus("Encoding the prompt…", "busy");
+    let t = performance.now();
+    const ctx = await encodeText(s.prompt);
+    const tensors = { context: tensorMsg(ctx.values, ctx.shape, s.dtype) };
+    if (s.negative) { // without one the server uses the model's own empty-prompt context
+      const un = await encodeText(s.negative);
+      tensors.unconditional_context = tensorMsg(un.values, un.shape, s.dtype);
+    }
+    timings.text = performance.now() - t;
+    const params = { seed: s.seed, steps: s.steps, guidance_scale: s.guidance, scheduler: s.scheduler, dtype: s.dtype };
+    let mask = null;
+    let image = null;
+    if (state.mode === "inpaint") {
+      if (!state.image) throw new Error("upload an image first");
+      image = state.image;
+      mask = readMask();
+      if (!mask.some((v) => v)) throw new Error("paint a mask over the part to repaint");
+      setStatus("Encoding the image…", "busy");
+      t = performance.now();
+      const lat = await encodeImage(image.rgb, image.h, image.w);
+      timings.image = performance.now() - t;
+      tensors.image_latents = tensorMsg(lat.values, lat.shape, s.dtype);
+      tensors.mask = { dtype: "U8", shape: [image.h, image.w], data: mask };
+      Object.assign(params, { mask_blur: s.maskBlur, strength: s.strength });
+    }
+    setStatus("Diffusing on the server…", "busy");
+    t = performance.now();
+    const res = await diffuse(tensors, params);
+    timings.diffuse = performance.now() - t;
+    setStatus("Decoding…", "busy");
+    t = performance.now();
+    const dec = await decode(res.latents);
+    let pixels = dec.pixels;
+    if (mask) pixels = pasteBack(image.rgb, pixels, mask, dec.h, dec.w, s.maskBlur);
+    timings.decode = performance.now() - t;
+    draw($("image"), pixels, dec.h, dec.w);
+    $("mask").classList.toggle("faded", Boolean(mask)); // show the result; painting shows the mask again
+    const seeds = JSON.parse(res.metadata.seeds || "[]");
+    state.last = {
+      mode: state.mode, pixels: Array.from(pixels), height: dec.h, width: dec.w, seeds,
+      parameters: JSON.parse(res.metadata.parameters || "{}"), sent: res.sent, received: res.received,
+      timings, backend: state.backend, mask: mask ? Array.from(mask) : null,
+      image: image ? Array.from(image.rgb) : null, modelSources: state.modelSources,
+    };
+    $("t-text").textContent = ms(timings.text);
+    $("t-image").textContent = timings.image === undefined ? "–" : ms(timings.image);
+    $("t-diffuse").textContent = ms(timings.diffuse);
+    $("t-decode").textContent = ms(timings.decode);
+    $("b-sent").textContent = kb(res.sent);
+    $("b-received").textContent = kb(res.received);
+    $("out-seed").textContent = seeds.join(", ");
+    setStatus("Done.", "done");
+    return state.last;
+  } catch (e) {
+    state.error = String(e.message || e);
+    setStatus(`Error: ${state.error}`, "error");
+    return null;
+  } finally {
+    state.busy = false;
+    $("run").disabled = false;
+  }
+}
+
+// ---- inpainting canvas ------------------------------------------------------------------------
+function loadImageFile(file) {
+  const url = URL.createObjectURL(file);
+  const img = new Image();
+  img.onload = () => {
+    const { height: h, width: w } = state.manifest.image;
+    const c = $("image");
+    c.width = w;
+    c.height = h;
+    const ctx = c.getContext("2d");
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(img, 0, 0, w, h); // the exported encoder's size
+    const rgba = ctx.getImageData(0, 0, w, h).data;
+    const rgb = new Uint8Array(w * h * 3);
+    for (let p = 0; p < w * h; p++) for (let k = 0; k < 3; k++) rgb[p * 3 + k] = rgba[p * 4 + k];
+    state.image = { rgb, h, w };
+    clearMask();
+    URL.revokeObjectURL(url);
+    setStatus("Image loaded: paint the mask.", "done");
+  };
+  img.onerror = () => setStatus("Error: that file is not an image this browser reads", "error");
+  img.src = url;
+}
+
+function clearMask() {
+  const m = $("mask");
+  m.width = state.manifest.image.width;
+  m.height = state.manifest.image.height;
+  m.getContext("2d").clearRect(0, 0, m.width, m.height);
+  m.classList.remove("faded");
+}
+
+function installPainting() {
+  const m = $("mask");
+  let down = false;
+  const paint = (ev) => {
+    const r = m.getBoundingClientRect();
+    const x = ((ev.clientX - r.left) / r.width) * m.width;
+    const y = ((ev.clientY - r.top) / r.height) * m.height;
+    const radius = (Number($("brush").value) / 2) * (m.width / 64);
+    const ctx = m.getContext("2d");
+    ctx.fillStyle = "rgba(255, 255, 255, 1)";
+    ctx.beginPath();
+    ctx.arc(x, y, radius, 0, 2 * Math.PI);
+    ctx.fill();
+  };
+  m.addEventListener("pointerdown", (ev) => {
+    down = true;
+    m.classList.remove("faded");
+    m.setPointerCapture(ev.pointerId);
+    paint(ev);
+  });
+  m.addEventListener("pointermove", (ev) => { if (down) paint(ev); });
+  m.addEventListener("pointerup", () => { down = false; });
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  $("tab-txt2img").classList.toggle("active", mode === "txt2img");
+  $("tab-inpaint").classList.toggle("active", mode === "inpaint");
+  $("inpaint-controls").hidden = mode !== "inpaint";
+  $("mask").hidden = mode !== "inpaint";
+  $("run").textContent = mode === "inpaint" ? "Inpaint" : "Generate";
+  if (mode === "inpaint" && state.image) draw($("image"), state.image.rgb, state.image.h, state.image.w);
+}
+
+async function main() {
+  try {
+    const forced = query.get("backend");
+    const { name, tried } = await selectBackend(tf, forced ? [forced] : ORDER);
+    state.backend = name;
+    $("backend").textContent = tried.length ? `${name} (${tried.join("; ")})` : name;
+    state.manifest = await loadManifest(EXPORTS);
+    const m = state.manifest;
+    $("model").textContent = `${m.model.version}: ${m.image.width}×${m.image.height} px, latent `
+      + `${m.latent.height}×${m.latent.width}×${m.latent.channels}, context ${m.context.length}×${m.context.dim}`;
+    const tokDir = new URL(m.tokenizer.tfjs_files.vocab.replace(/vocab\.json$/, ""), EXPORTS);
+    state.tokenizer = await CLIPTokenizer.load(tokDir.href);
+    for (const s of m.schedulers) $("scheduler").add(new Option(s, s, s === m.default_scheduler, s === m.default_scheduler));
+    if (!m.artifacts.some((a) => a.format === "tfjs" && a.precision === "float16")) $("precision").value = "float32";
+    await ensureModels($("precision").value);
+    clearMask();
+    installPainting();
+    const count = () => {
+      const n = state.tokenizer.countTokens($("prompt").value);
+      const limit = state.tokenizer.maxLength - 2;
+      $("token-count").textContent = `${n} / ${limit} tokens${n > limit ? " (the rest is cut)" : ""}`;
+    };
+    $("prompt").addEventListener("input", count);
+    count();
+    $("run").addEventListener("click", generate);
+    $("tab-txt2img").addEventListener("click", () => setMode("txt2img"));
+    $("tab-inpaint").addEventListener("click", () => setMode("inpaint"));
+    $("image-file").addEventListener("change", (ev) => ev.target.files[0] && loadImageFile(ev.target.files[0]));
+    $("clear-mask").addEventListener("click", clearMask);
+    state.ready = true;
+    $("run").disabled = false;
+    setStatus("Ready.", "ready");
+  } catch (e) {
+    state.error = String(e.message || e);
+    setStatus(`Error: ${state.error}`, "error");
+  }
+}
+
+main();

@@ -1,0 +1,20 @@
+"""A smoke version of bench/load_test.py: a few clients for a few seconds, no errors."""
+
+import pytest
+
+from tests.webapp_helpers import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_load_smoke():
+    import asyncio
+
+    from bench.load_test import parse_args, run
+
+    report = asyncio.run(run(parse_args(["--clients", "12", "--seconds", "8", "--queue-size", "4",
+                                         "--port", str(free_port()), "--steps", "3"])))
+    assert report["error_count"] == 0, report["errors"]
+    assert report["requests_ok"] > 10
+    assert report["rejected_503"] > 0  # 12 clients > 1 running + 4 waiting: some were turned away
+    assert report["server_queue_after"]["admitted"] == 0

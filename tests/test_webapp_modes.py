@@ -1,0 +1,134 @@
+"""The three deployment modes on loopback give the same image for the same seed.
+
+1. all in one process;
+2. three processes (--component text_encoder|diffusion|decoder) and a front end process
+   configured with their URLs;
+3. one diffusion endpoint; the client encodes and decodes with its own copy of the text
+   encoder and decoder and sends only contexts and latents.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.webapp_helpers import PROMPT, ServerProcess, client, engine, tensors  # noqa: F401
+from webapp import frontend, wire
+from webapp.split_client import RemoteEngine
+
+pytestmark = pytest.mark.slow
+REQUEST = {"prompt": PROMPT, "negative_prompt": "green", "steps": 6, "seed": 42, "batch_size": 2}
+
+
+def _images(body):
+    return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(i["png"])))) for i in body["images"]])
+
+
+@pytest.fixture(scope="module")
+def split_servers():
+    servers = []
+    try:
+        for component in ("text_encoder", "diffusion", "decoder"):  # one at a time: each loads the model
+            servers.append(ServerProcess("--component", component, "--no-ui"))
+        te, di, de = (s.url for s in servers)
+        servers.append(ServerProcess("--text-encoder-url", te, "--diffusion-url", di, "--decoder-url", de))
+        servers.append(ServerProcess("--no-ui"))  # mode 1: all in one process
+        yield dict(zip(("text_encoder", "diffusion", "decoder", "frontend", "all"), servers))
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_components_host_only_their_stage(split_servers):
+    di = split_servers["diffusion"].url
+    r = httpx.post(di + "/api/v1/encode", json={"prompts": ["x"]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_hosted"
+    r = httpx.post(di + "/api/v1/txt2img", json={"prompt": "x"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_hosted"
+    r = httpx.post(split_servers["frontend"].url + "/api/v1/encode", json={"prompts": ["x"]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_hosted"
+    assert httpx.get(di + "/api/v1/health").json()["component"] == "diffusion"
+    assert httpx.get(split_servers["frontend"].url + "/api/v1/health").json()["component"] == "frontend"
+    assert httpx.get(split_servers["frontend"].url + "/").status_code == 200  # the UI on the front end
+
+
+def test_mode2_three_endpoints_equal_mode1(client, split_servers):
+    one = httpx.post(split_servers["all"].url + "/api/v1/txt2img", json=REQUEST, timeout=120)
+    two = httpx.post(split_servers["frontend"].url + "/api/v1/txt2img", json=REQUEST, timeout=120)
+    assert one.status_code == two.status_code == 200, two.text
+    assert one.json()["seeds"] == two.json()["seeds"] == [42, 43]
+    np.testing.assert_array_equal(_images(one.json()), _images(two.json()))
+    assert one.json()["images"][0]["parameters"] == two.json()["images"][0]["parameters"]
+    # the test process (grappler off, see conftest) differs from a server process by rounding only
+    here = _images(client.post("/api/v1/txt2img", json=REQUEST).json())
+    assert np.abs(here.astype(int) - _images(one.json()).astype(int)).max() <= 1
+
+
+def test_mode2_inpaint_equals_mode1(client, split_servers, engine):
+    from tests.webapp_helpers import png
+
+    image = engine.pipe.generate(PROMPT, num_steps=4, seed=0).images[0]
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 20:60] = 255
+    data = {"prompt": "a green square on a blue background", "steps": "4", "seed": "7", "mask_blur": "3"}
+    files = {"image": ("i.png", png(image), "image/png"), "mask": ("m.png", png(mask), "image/png")}
+    one = httpx.post(split_servers["all"].url + "/api/v1/inpaint", files=files, data=data, timeout=120)
+    two = httpx.post(split_servers["frontend"].url + "/api/v1/inpaint", files=files, data=data, timeout=120)
+    assert one.status_code == two.status_code == 200, two.text
+    np.testing.assert_array_equal(_images(one.json()), _images(two.json()))
+
+
+def test_mode3_client_side_encode_decode(client, split_servers, engine):
+    """The edge client's protocol: local text encoder and decoder, one diffusion call."""
+    pipe = engine.pipe
+    reference = _images(httpx.post(split_servers["all"].url + "/api/v1/txt2img",
+                                   json={**REQUEST, "negative_prompt": "", "batch_size": 1}, timeout=120).json())
+    context = pipe.encode_text([PROMPT])
+    figures = {}
+    for dtype in ("float32", "float16"):
+        body = wire.encode({"context": context.astype(dtype)})
+        r = httpx.post(split_servers["diffusion"].url + "/api/v1/diffuse", params={"seed": 42, "steps": 6},
+                       content=body, headers={"content-type": wire.MEDIA_TYPE}, timeout=120)
+        assert r.status_code == 200 and r.headers["x-seeds"] == "42"
+        latents = wire.decode(r.content)[0]["latents"]
+        assert latents.dtype == np.dtype(dtype)
+        image = engine.decode(latents.astype(np.float32))
+        diff = np.abs(image.astype(int) - reference.astype(int))
+        figures[dtype] = {"request_bytes": len(body), "response_bytes": len(r.content),
+                          "max_pixel_diff": int(diff.max()), "mean_pixel_diff": float(diff.mean())}
+        if dtype == "float32":
+            assert diff.max() <= 1, figures  # float32 transport: the same image
+        else:
+            assert diff.mean() < 2.0, figures
+    print("\nmode 3 bytes and differences:", json.dumps(figures))
+
+
+def test_split_client_bytes_and_float16(client, split_servers):
+    urls = {k: split_servers[k].url for k in ("text_encoder", "diffusion", "decoder")}
+    reference = _images(httpx.post(split_servers["all"].url + "/api/v1/txt2img",
+                                   json={**REQUEST, "negative_prompt": "", "batch_size": 1}, timeout=120).json())
+    out = {}
+    for dtype in ("float32", "float16"):
+        remote = RemoteEngine(urls["text_encoder"], urls["diffusion"], urls["decoder"], dtype=dtype)
+        result = frontend.txt2img(remote, PROMPT, "", steps=6, seed=42)
+        diff = np.abs(result.images.astype(int) - reference.astype(int))
+        out[dtype] = {"bytes_sent": remote.bytes_sent, "bytes_received": remote.bytes_received,
+                      "max_pixel_diff": int(diff.max()), "mean_pixel_diff": float(diff.mean())}
+    assert out["float32"]["max_pixel_diff"] == 0, out
+    print("\nmode 2 front end <-> stages, per image:", json.dumps(out))
+
+
+def test_full_size_wire_bytes():
+    """Bytes of the mode-3 exchange at SD v1 size (77x768 context, 64x64x4 latents), float16."""
+    request = wire.encode({"context": np.zeros((1, 77, 768), np.float16)})
+    response = wire.encode({"latents": np.zeros((1, 64, 64, 4), np.float16)},
+                           {"seeds": [42], "parameters": {"steps": 20, "guidance": 7.5, "seed": 42, "scheduler": "ddim",
+                                                          "height": 512, "width": 512, "model": "sd-v1-5"}})
+    assert len(request) < 119_000 and len(response) < 33_500
+    print(f"\nfull size, float16: request {len(request)} bytes, response {len(response)} bytes")

@@ -1,0 +1,83 @@
+"""Errors as JSON: {"error": {"code": ..., "message": ...}} with a 4xx that names the problem.
+
+Bad input must never surface as a 500, so every exception a request can provoke is mapped
+here: ApiError (raised by our own checks), WireError (malformed tensor messages), ValueError
+(the pipeline's input validation), FastAPI's request validation errors. Anything else is a
+bug and is logged; the client gets a 500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .wire import WireError
+
+log = logging.getLogger("webapp")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+        parts.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"},
+                                                              "message": {"type": "string"}}}},
+}
+
+
+def error_responses(*statuses: int) -> dict:
+    """OpenAPI `responses` entries for the given error statuses."""
+    text = {400: "Bad input (the message names the problem)", 401: "Missing or wrong API token",
+            404: "Unknown model, or an endpoint this server's component does not host",
+            413: "Request body too large", 415: "Wrong content type", 422: "Invalid parameters",
+            503: "Queue full or time limit reached; retry after the Retry-After header's seconds"}
+    return {s: {"description": text.get(s, "Error"), "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+            for s in statuses}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(WireError)
+    async def _wire(_: Request, exc: WireError):
+        return error_response(400, "bad_tensor_message", str(exc))
+
+    @app.exception_handler(ValueError)
+    async def _value(_: Request, exc: ValueError):
+        return error_response(400, "invalid_input", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_parameters", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        log.exception("unexpected error")
+        return error_response(500, "internal_error", "internal error (logged on the server)")

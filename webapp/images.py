@@ -1,0 +1,42 @@
+"""Image uploads and PNG responses: decoding that never trusts the client."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ApiError
+
+
+def load_image(data: bytes, what: str, max_side: int, mode: str = "RGB") -> np.ndarray:
+    """Bytes -> uint8 array; 400 for anything that is not a complete image within the size limit."""
+    if not data:
+        raise ApiError(400, "empty_upload", f"the {what} upload is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w > max_side or h > max_side or w < 1 or h < 1:
+                raise ApiError(400, "image_too_large", f"the {what} is {w}x{h}; each side must be 1..{max_side}")
+            im.load()
+            has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            if mode == "L" and has_alpha:
+                # a transparent mask: painted (opaque) pixels repaint, like Gradio's brush layer
+                alpha = np.asarray(im.convert("RGBA"))[..., 3]
+                if alpha.min() < 255:
+                    return alpha.copy()
+            return np.asarray(im.convert(mode)).copy()
+    except ApiError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ApiError(400, "not_an_image", f"the {what} is not an image this server reads (PNG, JPEG, WebP): {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ApiError(400, "bad_image", f"the {what} could not be decoded (truncated or corrupt?): {e}") from None
+
+
+def png_b64(image: np.ndarray, params: dict | None) -> str:
+    from models.png_info import png_bytes
+
+    return base64.b64encode(png_bytes(image, params)).decode()

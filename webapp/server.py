@@ -1,0 +1,150 @@
+"""The application factory: one FastAPI app with the REST API, static mounts and Gradio UI.
+
+    app = create_app(Config(model="tiny"))          # all in one
+    app = create_app(Config(model="tiny", component="diffusion"))
+    app = create_app(Config(text_encoder_url=..., diffusion_url=..., decoder_url=...))  # front end
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+
+from . import auth, errors
+from .limits import BodyLimitMiddleware, Gate, Limits
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPONENTS = ("all", "text_encoder", "diffusion", "decoder")
+STAGES = {"all": {"text_encoder", "diffusion", "decoder", "pipeline"}, "text_encoder": {"text_encoder"},
+          "diffusion": {"diffusion"}, "decoder": {"decoder"}}
+log = logging.getLogger("webapp")
+
+
+@dataclasses.dataclass
+class Config:
+    model: str = "tiny"
+    unet: str | None = None
+    models_dir: str | None = None
+    component: str = "all"
+    text_encoder_url: str | None = None
+    diffusion_url: str | None = None
+    decoder_url: str | None = None
+    exports: str | None = None
+    edge_dir: str | None = None
+    ui: bool = True
+    token: str | None = None  # None: read SD_API_TOKEN
+    cors: str | None = None  # comma-separated origins; None: read SD_CORS_ORIGINS
+    limits: Limits = dataclasses.field(default_factory=Limits.from_env)
+    split_dtype: str = "float32"
+
+    @property
+    def is_frontend(self) -> bool:
+        return bool(self.text_encoder_url or self.diffusion_url or self.decoder_url)
+
+
+class Server:
+    """What the routes and the UI share: the engine, the gate, the limits, the component."""
+
+    def __init__(self, config: Config, engine=None):
+        self.config = config
+        self.limits = config.limits
+        self.component = "frontend" if config.is_frontend else config.component
+        if config.component not in COMPONENTS:
+            raise ValueError(f"--component must be one of {COMPONENTS}, got {config.component!r}")
+        self.engine = engine or self._make_engine()
+        self.gate = Gate(self.limits)
+        token = config.token if config.token is not None else auth.token_from_env()
+        self.require_token = auth.make_dependency(token)
+        self.token_required = bool(token)
+
+    def hosts(self, stage: str) -> bool:
+        """'pipeline' (txt2img, inpaint) runs on an all-in-one server or a front end; the three
+        stages on an all-in-one server or on the component server that hosts them."""
+        if self.component == "frontend":
+            return stage == "pipeline"
+        return stage in STAGES[self.component]
+
+    def _make_engine(self):
+        c = self.config
+        if c.is_frontend:
+            missing = [n for n in ("text_encoder_url", "diffusion_url", "decoder_url") if not getattr(c, n)]
+            if missing:
+                raise ValueError(f"a front end needs all three stage URLs; missing {missing}")
+            from .split_client import RemoteEngine
+
+            return RemoteEngine(c.text_encoder_url, c.diffusion_url, c.decoder_url, token=auth.token_from_env(),
+                                dtype=c.split_dtype, timeout_s=self.limits.timeout_s + 30)
+        from models import load_pipeline
+
+        from .engine import LocalEngine
+
+        pipe = load_pipeline(c.model, unet=c.unet)
+        name = os.path.basename(os.path.normpath(c.model)) if c.model != "tiny" else "tiny"
+        return LocalEngine(pipe, base_name=name, models_dir=c.models_dir)
+
+    def exports_manifest(self) -> str | None:
+        d = self.exports_dir()
+        return "/exports/manifest.json" if d and os.path.isfile(os.path.join(d, "manifest.json")) else None
+
+    def exports_dir(self) -> str | None:
+        if self.config.exports:
+            return self.config.exports
+        # the default is looked up on each request, so an export made after start is served
+        name = os.path.basename(os.path.normpath(self.config.model))
+        return os.path.join(REPO, "build", "exports", name)
+
+
+class OptionalStatic:
+    """StaticFiles over a folder that may not exist yet: a clear 404 text until it does."""
+
+    def __init__(self, directory: str | None, what: str):
+        self.directory, self.what, self._app = directory, what, None
+
+    async def __call__(self, scope, receive, send):
+        if self._app is None and self.directory and os.path.isdir(self.directory):
+            self._app = StaticFiles(directory=self.directory, html=True)
+        if self._app is None:
+            why = f"{self.directory} does not exist" if self.directory else "no folder is configured"
+            response = PlainTextResponse(f"404: {self.what} not available on this server ({why})", status_code=404)
+            return await response(scope, receive, send)
+        return await self._app(scope, receive, send)
+
+
+def create_app(config: Config | None = None, engine=None) -> FastAPI:
+    config = config or Config()
+    server = Server(config, engine)
+    app = FastAPI(title="Stable Diffusion, cloud and edge", version="1",
+                  description="REST API of the split Stable Diffusion deployment. Split stages: encode (text encoder), "
+                              "diffuse (UNet loop), decode (VAE decoder); all-in-one: txt2img, inpaint. "
+                              "Binary tensors use application/x-safetensors (see the diffuse operation).",
+                  docs_url="/api/docs", redoc_url=None)
+    app.state.server = server
+    errors.install(app)
+    from .api import build_routers
+
+    for router in build_routers(server):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, limit=config.limits.max_body_bytes)
+    auth.install_cors(app, auth.cors_origins(config.cors))
+
+    edge = config.edge_dir or os.path.join(REPO, "edge", "web")
+    app.mount("/edge", OptionalStatic(edge, "the browser client (edge/web/) is"), name="edge")
+    app.mount("/exports", OptionalStatic(server.exports_dir(), "the edge model exports are"), name="exports")
+
+    @app.get("/api", include_in_schema=False)
+    async def api_root():
+        return JSONResponse({"openapi": "/openapi.json", "docs": "/api/docs", "health": "/api/v1/health"})
+
+    if config.ui and server.component in ("all", "frontend"):
+        import gradio as gr
+
+        from .ui import build_ui, launch_kwargs
+
+        demo = build_ui(server)
+        app = gr.mount_gradio_app(app, demo, path="/", max_file_size=config.limits.max_body_bytes, **launch_kwargs())
+    return app

@@ -1,0 +1,130 @@
+"""The three-endpoint deployment's client side: the stages as HTTP calls to remote servers.
+
+A front end started with --text-encoder-url, --diffusion-url and --decoder-url uses a
+RemoteEngine in place of a LocalEngine; webapp.frontend then chains the same four stages,
+so txt2img gives the image the all-in-one server gives. Tensors travel float32 by default
+(exact); dtype="float16" halves the bytes at a small numerical cost.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+
+from . import wire
+from .engine import Encoded
+from .errors import ApiError
+
+
+class Generated:
+    def __init__(self, latents, seeds, parameters):
+        self.latents, self.seeds, self.parameters = latents, seeds, parameters
+
+
+class RemoteEngine:
+    remote = True
+
+    def __init__(self, text_encoder_url: str, diffusion_url: str, decoder_url: str, *, token: str | None = None,
+                 dtype: str = "float32", timeout_s: float = 600.0):
+        self.urls = {"text_encoder": text_encoder_url.rstrip("/"), "diffusion": diffusion_url.rstrip("/"),
+                     "decoder": decoder_url.rstrip("/")}
+        self.dtype = dtype
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(headers=headers, timeout=timeout_s)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._info = None
+        self._tokenizer = None
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _post(self, stage, path, *, params=None, json_body=None, content=None, accept=None):
+        headers = {"Content-Type": wire.MEDIA_TYPE} if content is not None else {}
+        if accept:
+            headers["Accept"] = accept
+        try:
+            r = self.client.post(f"{self.urls[stage]}{path}", params=params, json=json_body, content=content,
+                                 headers=headers)
+        except httpx.HTTPError as e:
+            raise ApiError(502, "upstream_unreachable", f"the {stage} endpoint is unreachable: {e}") from None
+        self.bytes_sent += len(r.request.content or b"")
+        self.bytes_received += len(r.content)
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                code, message = err["code"], err["message"]
+            except Exception:
+                code, message = "upstream_error", r.text[:200]
+            status = r.status_code if r.status_code < 500 else 502
+            headers = {"Retry-After": r.headers["retry-after"]} if "retry-after" in r.headers else None
+            raise ApiError(status, code, f"{stage} endpoint: {message}", headers)
+        return r
+
+    def info(self) -> dict:
+        if self._info is None:
+            try:
+                r = self.client.get(f"{self.urls['diffusion']}/api/v1/models")
+                r.raise_for_status()
+                self._info = r.json()
+            except httpx.HTTPError as e:
+                raise ApiError(502, "upstream_unreachable", f"the diffusion endpoint is unreachable: {e}") from None
+        return dict(self._info)
+
+    def model_names(self):
+        return self.info()["models"]
+
+    @property
+    def current(self):
+        return self.info().get("current")
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is None:
+            from models.tokenizer import default_tokenizer
+
+            self._tokenizer = default_tokenizer()
+        return self._tokenizer.count_tokens(text)
+
+    def use_model(self, name):
+        if name and name not in self.model_names():
+            raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {self.model_names()}")
+
+    # -- the four stages -----------------------------------------------------------------
+    def encode(self, prompts, job=None) -> Encoded:
+        r = self._post("text_encoder", "/api/v1/encode", json_body={"prompts": list(prompts), "dtype": self.dtype})
+        tensors, meta = wire.decode(r.content)
+        return Encoded(tensors["context"].astype(np.float32), json.loads(meta["token_counts"]),
+                       json.loads(meta["truncated"]))
+
+    def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
+                scheduler=None, height=None, width=None, image_latents=None, mask=None,
+                masked_image_latents=None, strength=1.0, mask_blur=0.0, model=None, job=None, callback=None):
+        dt = np.float16 if self.dtype == "float16" else np.float32
+        tensors = {"context": np.asarray(context, dt)}
+        if unconditional_context is not None:
+            tensors["unconditional_context"] = np.asarray(unconditional_context, dt)
+        if image_latents is not None:
+            tensors["image_latents"] = np.asarray(image_latents, dt)
+        if mask is not None:
+            tensors["mask"] = np.asarray(mask, np.uint8)
+        if masked_image_latents is not None:
+            tensors["masked_image_latents"] = np.asarray(masked_image_latents, dt)
+        params = {"steps": steps, "guidance_scale": guidance_scale, "strength": strength, "mask_blur": mask_blur}
+        for k, v in (("seed", seed), ("scheduler", scheduler), ("height", height), ("width", width), ("model", model)):
+            if v is not None:
+                params[k] = v
+        r = self._post("diffusion", "/api/v1/diffuse", params=params, content=wire.encode(tensors))
+        out, meta = wire.decode(r.content)
+        return Generated(out["latents"].astype(np.float32), json.loads(meta["seeds"]), json.loads(meta["parameters"]))
+
+    def decode(self, latents, job=None) -> np.ndarray:
+        dt = np.float16 if self.dtype == "float16" else np.float32
+        r = self._post("decoder", "/api/v1/decode", content=wire.encode({"latents": np.asarray(latents, dt)}),
+                       accept=wire.MEDIA_TYPE)
+        return wire.decode(r.content)[0]["images"]
+
+    def encode_image(self, images, job=None) -> np.ndarray:
+        images = np.asarray(images)
+        images = images if images.dtype == np.uint8 else images.astype(np.float32)  # float: [-1, 1]
+        r = self._post("decoder", "/api/v1/encode_image", content=wire.encode({"image": images}))
+        return wire.decode(r.content)[0]["image_latents"].astype(np.float32)
