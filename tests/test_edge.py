@@ -375,14 +375,16 @@ def test_browser_float16_models_match_all_in_one(page, server_url):
 
 
 @pytest.mark.slow
-def test_browser_wasm_backend(browser, server_url):
-    """The WebAssembly backend (its .wasm files served from node_modules) gives the same image."""
+@pytest.mark.parametrize("backend", ["wasm", "webgl"])
+def test_browser_forced_backend(browser, server_url, backend):
+    """Each backend gives the same image: wasm (its .wasm files served from node_modules) and
+    webgl, which the default choice skips when it is a software rasteriser, as here."""
     context = browser.new_context()
     pg = context.new_page()
     try:
-        pg.goto(f"{server_url}/edge/?backend=wasm")
+        pg.goto(f"{server_url}/edge/?backend={backend}")
         wait_state(pg, ("ready",))
-        assert pg.inner_text("#backend").startswith("wasm")
+        assert pg.inner_text("#backend").startswith(backend)
         pg.fill("#seed", "14")
         pg.fill("#steps", str(STEPS))
         pg.click("#run")
@@ -391,8 +393,16 @@ def test_browser_wasm_backend(browser, server_url):
     finally:
         context.close()
     value = psnr(pixels, all_in_one_txt2img(server_url, "a red circle on a blue background", 14))
-    print(f"browser on wasm: PSNR {value:.1f} dB, stages {last['timings']}")
-    assert last["backend"] == "wasm" and value >= MIN_PSNR
+    print(f"browser on {backend}: PSNR {value:.1f} dB, stages {last['timings']}")
+    assert last["backend"] == backend and value >= MIN_PSNR
+
+
+@pytest.mark.slow
+def test_software_webgl_is_skipped_for_wasm(page):
+    """Under --disable-gpu Chromium's WebGL is SwiftShader: the default choice is wasm."""
+    software = page.evaluate("import('./backend.js').then(m => m.softwareWebGL())")
+    assert software, "expected a software WebGL renderer under --disable-gpu"
+    assert page.inner_text("#backend").startswith("wasm")
 
 
 @pytest.mark.slow
