@@ -17,7 +17,7 @@ from exports import node_runner, savedmodel, tfjs, tflite
 from exports.signatures import DecoderModule, TextEncoderModule
 from tests.test_export import BOUNDS, check_outputs, rel_err
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")
