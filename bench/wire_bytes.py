@@ -6,7 +6,7 @@ SD v1 shapes.
 
 The shapes come from the models' own configs (models/config.py defaults = SD v1: a 77 x 768
 context and a 64 x 64 x 4 latent for 512 px; models/weights/tiny for the default model), and
-the bodies are built by the clients' encoder (edge/wire.py, byte for byte the server's), with
+the bodies are built by the clients' encoder (webapp/wire.py, which the edge client uses too), with
 the metadata the server really returns. Counted: HTTP bodies of POST /api/v1/diffuse and its
 answer (headers excluded, about 200-400 bytes each way). For comparison, the same tensors as
 JSON number lists, as the seed project's REST payloads carried them.
@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from edge import wire
+from webapp import wire
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"no_negative_prompt": 160_000, "negative_prompt": 280_000}  # bytes, request + response

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -27,7 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import wire
+from models import masks
+from models.masks import gaussian_blur
+from webapp import wire  # numpy only: the same codec as the server's
 
 COMPONENTS = ("text_encoder", "decoder", "image_encoder")
 
@@ -36,26 +37,11 @@ class EdgeError(RuntimeError):
     """A problem the user can act on (bad export folder, server error); the text says what."""
 
 
-def gaussian_blur(mask: np.ndarray, radius: float) -> np.ndarray:
-    """The pipeline's mask blur (models/pipeline.py): separable Gaussian, sigma = radius / 2,
-    edges clamped; the client needs the same one for the paste-back."""
-    if radius <= 0:
-        return mask
-    sigma = radius / 2.0
-    r = int(math.ceil(3 * sigma))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    padded = np.pad(mask, r, mode="edge")
-    rows = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, padded)
-    return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, rows)
-
-
 def paste_back(image: np.ndarray, decoded: np.ndarray, mask: np.ndarray, mask_blur: float) -> np.ndarray:
-    """Pixels outside the (blurred) mask are the original's: round(keep*image + (1-keep)*decoded)."""
+    """Pixels outside the (blurred) mask are the original's, exactly as the pipeline does it."""
     pixel_mask = gaussian_blur((np.asarray(mask).astype(np.float32) > 0).astype(np.float32),
                                float(mask_blur)).astype(np.float32)
-    keep = 1.0 - pixel_mask[None, :, :, None]
-    return np.round(keep * image[None] + (1.0 - keep) * decoded).astype(np.uint8)
+    return masks.paste_back(image, decoded, pixel_mask)
 
 
 class EdgeModels:

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from .components import Components
+from .masks import gaussian_blur, paste_back
 from .sampling import BLEND, CONCAT, NO_INPAINT, DenoiseLoop
 from .schedulers import SCHEDULERS, get_scheduler
 from .vae import split_moments
@@ -51,19 +52,6 @@ def to_float_image(image) -> np.ndarray:
     if image.ndim not in (3, 4) or image.shape[-1] != 3:
         raise ValueError(f"image must have shape [H, W, 3], got {list(image.shape)}")
     return image.astype(np.float32) / 127.5 - 1.0
-
-
-def gaussian_blur(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Separable Gaussian blur of a [H, W] float mask (sigma = radius / 2), edges clamped."""
-    if radius <= 0:
-        return mask
-    sigma = radius / 2.0
-    r = int(math.ceil(3 * sigma))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    padded = np.pad(mask, r, mode="edge")
-    rows = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, padded)
-    return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, rows)
 
 
 class StableDiffusionPipeline:
@@ -362,8 +350,7 @@ class StableDiffusionPipeline:
                               parameters=params)
         images = to_uint8(self.decode_latents(final))
         if pixel_mask is not None:  # paste back: pixels outside the mask are the original's
-            keep = 1.0 - pixel_mask[None, :, :, None]
-            images = np.round(keep * image[None] + (1.0 - keep) * images).astype(np.uint8)
+            images = paste_back(image, images, pixel_mask)
         return Generation(images=images, latents=final, seeds=[seed + k for k in range(batch_size)],
                           parameters=params)
 

@@ -10,7 +10,6 @@ One export (TFLite + TF.js, float32 + float16) and one server per session.
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -225,12 +224,17 @@ def test_python_client_reports_server_errors(edge_export, server_url, tmp_path):
 
 
 def test_paste_back_matches_the_pipeline():
-    from models.pipeline import gaussian_blur
+    """The client binarises and blurs the painted mask as the pipeline's _prepare_mask does."""
+    from models import masks
+    from models.pipeline import StableDiffusionPipeline
 
     rng = np.random.default_rng(0)
-    mask = (rng.random((16, 16)) > 0.7).astype(np.uint8)
-    np.testing.assert_array_equal(edge_client.gaussian_blur(mask.astype(np.float32), 3),
-                                  gaussian_blur(mask.astype(np.float32), 3))
+    mask = (rng.random((16, 16)) > 0.7).astype(np.uint8) * 255
+    image = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    decoded = rng.integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)
+    pixel_mask = StableDiffusionPipeline._prepare_mask(None, mask, (16, 16), 3)
+    np.testing.assert_array_equal(edge_client.paste_back(image, decoded, mask, 3),
+                                  masks.paste_back(image, decoded, pixel_mask))
 
 
 # -- the browser page (TF.js in headless Chromium) -------------------------------------------
