@@ -37,11 +37,12 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from webapp.launch import ServerProcess
 
 from ._common import CpuMeter, loadavg, machine_info, median, r, wait_quiet, write_json
 
@@ -84,48 +85,17 @@ def ensure_export(path, formats="tflite", components="text_encoder,decoder", qua
     return path, True
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m webapp --no-ui ...` on a free loopback port; waits for /api/v1/health."""
+class Server(ServerProcess):
+    """`python -m webapp --no-ui ...` (webapp.launch), plus its CPU time and resident memory."""
 
     def __init__(self, name, *args, timeout=180):
         import psutil
 
-        self.name, self.port = name, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = os.path.join(tempfile.gettempdir(), f"bench-webapp-{name}-{self.port}.log")
-        self.log = open(self.log_path, "w+")
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO, "GRADIO_ANALYTICS_ENABLED": "False"}
-        env.pop("SD_API_TOKEN", None)
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "webapp", "--no-ui", "--port", str(self.port),
-                                      "--log-level", "warning", *args],
-                                     cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        env = {"GRADIO_ANALYTICS_ENABLED": "False", "SD_API_TOKEN": ""}
+        super().__init__("--no-ui", "--log-level", "warning", *args, name=f"bench-{name}", env=env,
+                         timeout=timeout)
+        self.name = name
         self.ps = psutil.Process(self.proc.pid)
-        self._wait(timeout)
-        self.start_s = time.perf_counter() - t0
-
-    def _wait(self, timeout):
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"server {self.name} exited: {self.log.read()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/api/v1/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server {self.name} did not start in {timeout} s")
 
     def cpu(self):
         t = self.ps.cpu_times()
@@ -133,18 +103,6 @@ class Server:
 
     def rss_mb(self):
         return self.ps.memory_info().rss / 2**20
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        if self.proc.returncode in (0, -15):  # a clean stop: the log is of no further use
-            os.unlink(self.log_path)
 
 
 def _png_pixels(data):

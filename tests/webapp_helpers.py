@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from webapp import wire
+from webapp.launch import REPO, ServerProcess, free_port  # noqa: F401  (re-exported for the tests)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red circle on a blue background"
 TEST_LIMITS = dict(max_body_bytes=4 * 2**20, max_steps=50, max_batch=4, max_side=256, timeout_s=120.0, queue_size=8)
 
@@ -60,47 +56,3 @@ def png(array) -> bytes:
     Image.fromarray(np.asarray(array, np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`python -m webapp ...` on a free loopback port; waits for /api/v1/health."""
-
-    def __init__(self, *args, env=None, timeout=120):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO, **(env or {})}
-        self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"webapp-{self.port}.log"), "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "webapp", "--port", str(self.port), *args],
-                                     cwd=REPO, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait(timeout)
-
-    def _wait(self, timeout):
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"server exited: {self.log.read()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/api/v1/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("server did not start in time")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
