@@ -58,35 +58,27 @@ if [ ! -f "$tfjs_stamp" ] || [ "$(cat "$tfjs_stamp")" != "$tfjs_want" ]; then
   echo "$tfjs_want" > "$tfjs_stamp"
 fi
 
-if [ "$profile" = test ]; then
-  # Node.js and the pure-JS @tensorflow/tfjs (no native download) to run TF.js exports in tests.
-  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    apt_install nodejs npm || echo "setup: without Node.js the TF.js runtime tests are skipped" >&2
+npm_ci() {
+  # npm ci in folder $1, again only when its package.json / package-lock.json changed.
+  local dir="$1" stamp="$1/node_modules/.setup-stamp" want
+  want=$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup: installing $dir/node_modules (npm ci)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$stamp"
   fi
-  if command -v npm >/dev/null 2>&1; then
-    npm_stamp="exports/node/node_modules/.setup-stamp"
-    npm_want=$(cat exports/node/package.json exports/node/package-lock.json | sha256sum | cut -d' ' -f1)
-    if [ ! -f "$npm_stamp" ] || [ "$(cat "$npm_stamp")" != "$npm_want" ]; then
-      echo "setup: installing @tensorflow/tfjs into exports/node/"
-      (cd exports/node && npm ci --no-audit --no-fund --loglevel=error)
-      echo "$npm_want" > "$npm_stamp"
-    fi
-  fi
-fi
+}
 
-# The browser client (edge/web/, served at /edge/) loads TensorFlow.js from its own node_modules
-# (npm ci from package-lock.json; no CDN, no build step): both profiles, since the app serves it.
-if ! command -v npm >/dev/null 2>&1; then
-  apt_install nodejs npm || echo "setup: without npm the browser client at /edge/ has no TensorFlow.js" >&2
+# Node.js and npm. Both profiles: the browser client (edge/web/, served at /edge/) loads
+# TensorFlow.js from its own node_modules (npm ci from package-lock.json; no CDN, no build
+# step). The tests also run TF.js exports in Node with the pure-JS @tensorflow/tfjs
+# (exports/node/, no native download).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm || echo "setup: without Node.js and npm, /edge/ has no TensorFlow.js and the TF.js tests are skipped" >&2
 fi
 if command -v npm >/dev/null 2>&1; then
-  web_stamp="edge/web/node_modules/.setup-stamp"
-  web_want=$(cat edge/web/package.json edge/web/package-lock.json | sha256sum | cut -d' ' -f1)
-  if [ ! -f "$web_stamp" ] || [ "$(cat "$web_stamp")" != "$web_want" ]; then
-    echo "setup: installing TensorFlow.js for the browser client into edge/web/"
-    (cd edge/web && npm ci --no-audit --no-fund --loglevel=error)
-    echo "$web_want" > "$web_stamp"
-  fi
+  npm_ci edge/web
+  if [ "$profile" = test ]; then npm_ci exports/node; fi
 fi
 
 # The browser client's end-to-end test drives Debian's chromium with Playwright
