@@ -14,6 +14,9 @@ separate process since the flag is read at import). Reports median wall and CPU 
 Why b2 vs 2xb1 matters here: for batch >= 2 oneDNN's conv picks a blocked weight layout and,
 because the weights are variables, TF reorders every conv filter on every call (see
 ONEDNN_VERBOSE=1: a `reorder ... 1280x1280x3x3` per conv); at batch 1 it uses the plain layout.
+Since then models/layers.py runs convolutions over few pixels (the 8x8 and 4x4 levels, where the
+reorder cost most) as matmuls on CPUs, which removes most of the gap (bench/conv_kernels.py);
+bench/results/unet_variants.json predates that change.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ is whole.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -17,6 +18,8 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+
+from models.layers import native_convolutions
 
 from . import savedmodel, tfjs, tflite
 from .diffusion_graph import MAX_SEED, MAX_STEPS, DiffusionModule, scheduler_names
@@ -203,15 +206,19 @@ def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, com
             if hasattr(bar, "set_description"):
                 bar.set_description(job.label)
             start = time.perf_counter()
+            # Edge runtimes (TFLite, TF.js, and the edge components' SavedModels, from which the
+            # TF.js models are converted) get plain Conv2D ops, not the CPU matmul path.
+            edge = job.format != "savedmodel" or job.component != "diffusion"
             try:
-                if job.format == "savedmodel":
-                    info = exporter.savedmodel(job)
-                    if job.variant is None:
-                        saved[job.component] = os.path.join(partial, info["path"])
-                elif job.format == "tflite":
-                    info = exporter.tflite(job)
-                else:
-                    info = exporter.tfjs(job, saved)
+                with native_convolutions() if edge else contextlib.nullcontext():
+                    if job.format == "savedmodel":
+                        info = exporter.savedmodel(job)
+                        if job.variant is None:
+                            saved[job.component] = os.path.join(partial, info["path"])
+                    elif job.format == "tflite":
+                        info = exporter.tflite(job)
+                    else:
+                        info = exporter.tfjs(job, saved)
             except _Skip as e:
                 skipped.append({"component": job.component, "format": job.format, "precision": job.precision,
                                 "variant": job.variant, "reason": str(e)})

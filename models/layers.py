@@ -7,7 +7,10 @@ checkpoint key map (models/weights.py) is a mechanical rename instead of a hand-
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -15,7 +18,92 @@ def silu(x):
     return x * ops.sigmoid(x)
 
 
-class Conv(keras.layers.Conv2D):
+# oneDNN runs a convolution over few pixels (SD's 8x8 and 4x4 UNet levels at 256 px) 2-3x
+# slower than the same product written as one matrix multiplication, and 3-8x slower at batch
+# >= 2, where it re-lays-out the filter on every call; at 16x16 the matmul still wins at batch 1
+# and loses a little at batch 2 (python -m bench.conv_kernels). On CPUs, a convolution runs as
+# im2col + matmul when its output has at most MATMUL_CONV_MAX_PIXELS pixels per image, or at
+# most MATMUL_CONV_MAX_ROWS pixels in the whole batch (the matmul's row count): same weights,
+# same result to float32 rounding. MATMUL_CONV_MAX_PIXELS = 0 turns it off; None decides on
+# first use (on when TensorFlow sees no GPU, where cuDNN has no such weakness).
+MATMUL_CONV_MAX_PIXELS = None
+MATMUL_CONV_MAX_ROWS = 256
+_CPU_MATMUL_CONV_MAX_PIXELS = 64
+
+
+def matmul_conv_max_pixels():
+    global MATMUL_CONV_MAX_PIXELS
+    if MATMUL_CONV_MAX_PIXELS is None:
+        MATMUL_CONV_MAX_PIXELS = 0 if tf.config.list_physical_devices("GPU") else _CPU_MATMUL_CONV_MAX_PIXELS
+    return MATMUL_CONV_MAX_PIXELS
+
+
+@contextlib.contextmanager
+def native_convolutions():
+    """Trace every convolution as a plain Conv2D op (exports: TFLite, TF.js and GPU runtimes
+    have their own convolution kernels and gain nothing from the CPU matmul path)."""
+    global MATMUL_CONV_MAX_PIXELS
+    saved = MATMUL_CONV_MAX_PIXELS
+    MATMUL_CONV_MAX_PIXELS = 0
+    try:
+        yield
+    finally:
+        MATMUL_CONV_MAX_PIXELS = saved
+
+
+def conv_as_matmul(x, kernel, strides=(1, 1), pads=((0, 0), (0, 0))):
+    """A 2-D convolution (NHWC, HWIO kernel, explicit zero padding) as im2col + one matmul."""
+    k_h, k_w, c_in, c_out = kernel.shape
+    s_h, s_w = strides
+    if any(sum(pads, ())):
+        x = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
+    shape = tf.shape(x)
+    out_h, out_w = (shape[1] - k_h) // s_h + 1, (shape[2] - k_w) // s_w + 1
+    taps = [x[:, i:i + (out_h - 1) * s_h + 1:s_h, j:j + (out_w - 1) * s_w + 1:s_w, :]
+            for i in range(k_h) for j in range(k_w)]
+    patches = taps[0] if len(taps) == 1 else tf.concat(taps, axis=-1)  # (i, j, c): the HWIO order
+    y = tf.matmul(tf.reshape(patches, [-1, k_h * k_w * c_in]), tf.reshape(kernel, [k_h * k_w * c_in, c_out]))
+    return tf.reshape(y, [shape[0], out_h, out_w, c_out])
+
+
+class Conv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D (same weights and config) that runs small convolutions as a matmul
+    on CPUs; see MATMUL_CONV_MAX_PIXELS."""
+
+    def convolution_op(self, inputs, kernel):
+        limit = matmul_conv_max_pixels()
+        pads = self._matmul_pads()
+        if not limit or pads is None:
+            return super().convolution_op(inputs, kernel)
+
+        def matmul():
+            return conv_as_matmul(inputs, kernel, self.strides, pads)
+
+        b, h, w = inputs.shape[0], inputs.shape[1], inputs.shape[2]
+        if h is not None and w is not None:  # decided when traced
+            out = (h + sum(pads[0]) - self.kernel_size[0]) // self.strides[0] + 1
+            out *= (w + sum(pads[1]) - self.kernel_size[1]) // self.strides[1] + 1
+            small = out <= limit or (b is not None and b * out <= MATMUL_CONV_MAX_ROWS)
+            return matmul() if small else super().convolution_op(inputs, kernel)
+        # Dynamic spatial size (a graph traced for every resolution): decided per call.
+        shape = tf.shape(inputs)
+        out = shape[1] * shape[2] // (self.strides[0] * self.strides[1])
+        small = tf.logical_or(out <= limit, shape[0] * out <= MATMUL_CONV_MAX_ROWS)
+        return tf.cond(small, matmul, lambda: super(Conv2D, self).convolution_op(inputs, kernel))
+
+    def _matmul_pads(self):
+        """Explicit pads equal to this layer's padding, or None where the matmul path does not apply."""
+        if self.data_format != "channels_last" or tuple(self.dilation_rate) != (1, 1) or self.groups != 1:
+            return None
+        if self.padding == "valid":
+            return ((0, 0), (0, 0))
+        k_h, k_w = self.kernel_size
+        if tuple(self.strides) == (1, 1) and k_h % 2 and k_w % 2:  # "same" = symmetric here
+            return ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2))
+        return None
+
+
+class Conv(Conv2D):
     """Conv2D with PyTorch's explicit zero padding.
 
     PyTorch pads both sides by `padding`; TF's "same" pads asymmetrically for stride 2,
@@ -49,11 +137,11 @@ class Conv(keras.layers.Conv2D):
 
 
 def conv(filters, kernel_size, name, strides=1, padding=None):
-    """A plain Keras Conv2D (stride 1, symmetric 'same' padding): the common case."""
+    """A Conv2D with 'same' padding (stride 1, symmetric): the common case; else a Conv."""
     if padding is None:
         padding = (kernel_size - 1) // 2
     if strides == 1 and isinstance(padding, int) and 2 * padding == kernel_size - 1:
-        return keras.layers.Conv2D(filters, kernel_size, padding="same", name=name)
+        return Conv2D(filters, kernel_size, padding="same", name=name)
     return Conv(filters, kernel_size, strides=strides, padding=padding, name=name)
 
 
@@ -82,7 +170,7 @@ class ResnetBlock(keras.layers.Layer):
         self.norm2.build(out_shape)
         self.conv2.build(out_shape)
         if x_shape[-1] != self.out_channels:
-            self.conv_shortcut = keras.layers.Conv2D(self.out_channels, 1, name="conv_shortcut")
+            self.conv_shortcut = Conv2D(self.out_channels, 1, name="conv_shortcut")
             self.conv_shortcut.build(x_shape)
 
     def call(self, inputs):
@@ -130,7 +218,7 @@ class Upsample(keras.layers.Layer):
     def __init__(self, channels, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
-        self.conv = keras.layers.Conv2D(channels, 3, padding="same", name="conv")
+        self.conv = Conv2D(channels, 3, padding="same", name="conv")
 
     def build(self, input_shape):
         self.conv.build((input_shape[0], None, None, input_shape[-1]))
@@ -143,9 +231,10 @@ class Upsample(keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels}
 
 
-# Above this many score elements per batch item (heads x queries x keys), attention runs over
-# query chunks one after another: SD v1's first self-attention at 512 px has 8 x 4096 x 4096
-# scores, 512 MB in float32 for the scores and as much again for the softmax, per image.
+# Above this many score elements (batch x heads x queries x keys, the batch counted where it is
+# static), attention runs over query chunks one after another: SD v1's first self-attention at
+# 512 px has 8 x 4096 x 4096 scores, 512 MB in float32 for the scores and as much again for the
+# softmax, per image (twice that with classifier-free guidance as one batched call).
 ATTENTION_CHUNK_ELEMENTS = 1 << 25
 
 
@@ -157,7 +246,8 @@ def attention(q, k, v, heads, bias=None):
     q = ops.transpose(ops.reshape(q * (d**-0.5), (-1, n, heads, d)), (0, 2, 1, 3))
     k = ops.transpose(ops.reshape(k, (-1, m, heads, d)), (0, 2, 3, 1))
     v = ops.transpose(ops.reshape(v, (-1, m, heads, d)), (0, 2, 1, 3))
-    chunks = 1 if bias is not None else _query_chunks(heads, n, m)
+    batch = q.shape[0] if isinstance(q.shape[0], int) else 1
+    chunks = 1 if bias is not None else _query_chunks(batch * heads, n, m)
     if chunks == 1:
         out = _attend(q, k, v, bias)
     else:
@@ -178,7 +268,7 @@ def _attend(q, k, v, bias):
 
 
 def _query_chunks(heads, n, m):
-    """How many query chunks keep the scores under the limit (1 when shapes are dynamic)."""
+    """How many query chunks keep `heads` x n x m scores under the limit (1 when n or m is dynamic)."""
     if not isinstance(n, int) or not isinstance(m, int) or heads * n * m <= ATTENTION_CHUNK_ELEMENTS:
         return 1
     chunks = 2

@@ -62,8 +62,8 @@ class StableDiffusionPipeline:
 
     def __init__(self, components: Components, jit_compile: bool = False, guidance_batching: str = "auto"):
         """`guidance_batching`: "batched" (one UNet call on the doubled batch), "split" (two
-        calls) or "auto": split for float32 on a CPU-only machine, where it is faster (see
-        models/sampling.py), batched otherwise."""
+        calls) or "auto": split for float32 on a CPU-only machine, where it is as fast and
+        needs less memory (see models/sampling.py), batched otherwise."""
         self.components = components
         self.guidance_batching = self._choose_batching(guidance_batching, components)
         self.text_encoder = components.text_encoder

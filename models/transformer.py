@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from .layers import Attention
+from .layers import Attention, Conv2D
 
 
 class GEGLUFeedForward(keras.layers.Layer):
@@ -93,8 +93,8 @@ class SpatialTransformer(keras.layers.Layer):
             self.proj_in = keras.layers.Dense(channels, name="proj_in")
             self.proj_out = keras.layers.Dense(channels, name="proj_out")
         else:
-            self.proj_in = keras.layers.Conv2D(channels, 1, name="proj_in")
-            self.proj_out = keras.layers.Conv2D(channels, 1, name="proj_out")
+            self.proj_in = Conv2D(channels, 1, name="proj_in")
+            self.proj_out = Conv2D(channels, 1, name="proj_out")
         self.block = TransformerBlock(channels, heads, gelu_approximate, name="transformer_blocks.0")
 
     def build(self, input_shape):

@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from .config import UNetConfig
-from .layers import Downsample, ResnetBlock, Upsample, silu
+from .layers import Conv2D, Downsample, ResnetBlock, Upsample, silu
 from .transformer import SpatialTransformer
 
 
@@ -77,7 +77,7 @@ class UNet(keras.Model):
         temb = TimestepEmbedding(
             channels[0], channels[0] * 4, c.flip_sin_to_cos, c.freq_shift, name="time_embedding"
         )(timesteps)
-        x = keras.layers.Conv2D(channels[0], 3, padding="same", name="conv_in")(latents)
+        x = Conv2D(channels[0], 3, padding="same", name="conv_in")(latents)
         skips = [x]
         for i, (out, kind) in enumerate(zip(channels, c.down_block_types)):
             for j in range(c.layers_per_block):
@@ -106,7 +106,7 @@ class UNet(keras.Model):
 
         x = keras.layers.GroupNormalization(c.norm_num_groups, epsilon=c.norm_eps, name="conv_norm_out")(x)
         x = keras.layers.Activation("silu", name="conv_act")(x)
-        noise = keras.layers.Conv2D(c.out_channels, 3, padding="same", name="conv_out", dtype="float32")(x)
+        noise = Conv2D(c.out_channels, 3, padding="same", name="conv_out", dtype="float32")(x)
         super().__init__([latents, timesteps, context], noise, name=name, **kwargs)
         self.config = config
 

@@ -11,7 +11,7 @@ import keras
 from keras import ops
 
 from .config import VAEConfig
-from .layers import Downsample, ResnetBlock, SpatialSelfAttention, Upsample
+from .layers import Conv2D, Downsample, ResnetBlock, SpatialSelfAttention, Upsample
 
 
 def _config(config):
@@ -30,7 +30,7 @@ def _mid_block(x, c: VAEConfig, prefix):
 def _exit(x, c: VAEConfig, prefix, out_channels):
     x = keras.layers.GroupNormalization(c.norm_num_groups, epsilon=c.norm_eps, name=f"{prefix}.conv_norm_out")(x)
     x = keras.layers.Activation("silu", name=f"{prefix}.conv_act")(x)
-    return keras.layers.Conv2D(out_channels, 3, padding="same", name=f"{prefix}.conv_out")(x)
+    return Conv2D(out_channels, 3, padding="same", name=f"{prefix}.conv_out")(x)
 
 
 class VAEEncoder(keras.Model):
@@ -39,7 +39,7 @@ class VAEEncoder(keras.Model):
     def __init__(self, config: VAEConfig | dict | None = None, name="vae_encoder", **kwargs):
         c = _config(config)
         images = keras.Input((None, None, c.in_channels), name="images")
-        x = keras.layers.Conv2D(c.block_out_channels[0], 3, padding="same", name="encoder.conv_in")(images)
+        x = Conv2D(c.block_out_channels[0], 3, padding="same", name="encoder.conv_in")(images)
         for i, ch in enumerate(c.block_out_channels):
             for j in range(c.layers_per_block):
                 x = ResnetBlock(ch, c.norm_num_groups, c.norm_eps, False, name=f"encoder.down_blocks.{i}.resnets.{j}")(x)
@@ -47,7 +47,7 @@ class VAEEncoder(keras.Model):
                 x = Downsample(ch, asymmetric=True, name=f"encoder.down_blocks.{i}.downsamplers.0")(x)
         x = _mid_block(x, c, "encoder")
         x = _exit(x, c, "encoder", 2 * c.latent_channels)
-        moments = keras.layers.Conv2D(2 * c.latent_channels, 1, name="quant_conv", dtype="float32")(x)
+        moments = Conv2D(2 * c.latent_channels, 1, name="quant_conv", dtype="float32")(x)
         super().__init__(images, moments, name=name, **kwargs)
         self.config = c
 
@@ -65,8 +65,8 @@ class VAEDecoder(keras.Model):
     def __init__(self, config: VAEConfig | dict | None = None, name="vae_decoder", **kwargs):
         c = _config(config)
         latents = keras.Input((None, None, c.latent_channels), name="latents")
-        x = keras.layers.Conv2D(c.latent_channels, 1, name="post_quant_conv")(latents)
-        x = keras.layers.Conv2D(c.block_out_channels[-1], 3, padding="same", name="decoder.conv_in")(x)
+        x = Conv2D(c.latent_channels, 1, name="post_quant_conv")(latents)
+        x = Conv2D(c.block_out_channels[-1], 3, padding="same", name="decoder.conv_in")(x)
         x = _mid_block(x, c, "decoder")
         reversed_channels = list(reversed(c.block_out_channels))
         for i, ch in enumerate(reversed_channels):

@@ -129,3 +129,14 @@ def _has(module):
     except ImportError:
         return False
     return True
+
+
+def test_conv_kernels_small_shapes():
+    from bench import conv_kernels
+
+    res = conv_kernels.run(repeats=1, shapes=[(4, 16, 8), (8, 8, 16)])
+    assert [(r["side"], r["c_in"], r["c_out"]) for r in res["rows"]] == [(4, 16, 8), (8, 8, 16)]
+    for row in res["rows"]:
+        assert row["max_rel_diff_b1"] < 1e-5 and row["max_rel_diff_b2"] < 1e-5
+        assert row["conv_ms_b2"] > 0 and row["matmul_ms_b2"] > 0 and row["speedup_b1"] > 0
+    assert "4x4" in conv_kernels.format_row(res["rows"][0])

@@ -57,3 +57,67 @@ def test_auto_guidance_batching_depends_on_dtype():
     assert pipe.guidance_batching == "batched"
     image = pipe.text_to_image(PROMPT, num_steps=2, seed=0)
     assert image.shape == (1, 64, 64, 3) and image.dtype == np.uint8
+
+
+CONV_CASES = [  # (layer factory, input shape): every padding/stride form the networks use
+    (lambda: layers.Conv2D(6, 3, padding="same"), (2, 4, 5, 8)),
+    (lambda: layers.Conv2D(6, 1), (2, 8, 8, 8)),
+    (lambda: layers.Conv(5, 3, strides=2, padding=1), (2, 6, 8, 4)),  # UNet downsample
+    (lambda: layers.Conv(5, 3, strides=2, padding=((0, 1), (0, 1))), (1, 8, 6, 4)),  # VAE encoder
+]
+
+
+@pytest.mark.parametrize("make, shape", CONV_CASES)
+def test_small_convolutions_as_matmul_equal_the_conv_op(make, shape, monkeypatch):
+    calls = []
+    real = layers.conv_as_matmul
+    monkeypatch.setattr(layers, "conv_as_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layer = make()
+    x = tf.constant(np.random.default_rng(0).standard_normal(shape), tf.float32)
+    with layers.native_convolutions():
+        reference = layer(x).numpy()
+    assert not calls
+    monkeypatch.setattr(layers, "MATMUL_CONV_MAX_PIXELS", 10_000)
+    static = layer(x).numpy()
+    dynamic = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, shape[-1]])])(x).numpy()
+    assert len(calls) == 2  # eager (static shape) and the traced tf.cond branch
+    np.testing.assert_allclose(static, reference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dynamic, reference, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(layers, "MATMUL_CONV_MAX_PIXELS", 1)  # above both limits: the conv op again
+    monkeypatch.setattr(layers, "MATMUL_CONV_MAX_ROWS", 1)
+    np.testing.assert_allclose(layer(x).numpy(), reference, rtol=1e-6, atol=1e-6)
+    assert len(calls) == 2
+
+
+def test_matmul_convolution_limits_per_image_and_per_batch(monkeypatch):
+    """8x8 and smaller always; 16x16 at batch 1 only (256 rows); never 32x32."""
+    calls = []
+    real = layers.conv_as_matmul
+    monkeypatch.setattr(layers, "conv_as_matmul", lambda *a, **k: calls.append(a[0].shape[:3]) or real(*a, **k))
+    monkeypatch.setattr(layers, "MATMUL_CONV_MAX_PIXELS", layers._CPU_MATMUL_CONV_MAX_PIXELS)
+    layer = layers.Conv2D(4, 3, padding="same")
+    for shape in [(2, 8, 8, 3), (1, 16, 16, 3), (2, 16, 16, 3), (1, 32, 32, 3)]:
+        layer(tf.zeros(shape))
+    assert calls == [(2, 8, 8), (1, 16, 16)]
+
+
+def test_unet_with_matmul_convolutions_equals_the_conv_ops(monkeypatch):
+    unet = random_components().unet
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.standard_normal((2, 8, 8, 4)), tf.float32)
+    ctx = tf.constant(rng.standard_normal((2, 77, unet.config.cross_attention_dim)), tf.float32)
+    t = tf.constant([10.0, 900.0])
+    monkeypatch.setattr(layers, "MATMUL_CONV_MAX_PIXELS", 0)
+    reference = unet([x, t, ctx]).numpy()
+    monkeypatch.setattr(layers, "MATMUL_CONV_MAX_PIXELS", 64)  # the 8x8 and 4x4 levels
+    got = unet([x, t, ctx]).numpy()
+    assert np.abs(got - reference).max() <= 1e-5 * np.abs(reference).max()
+
+
+def test_matmul_convolutions_are_cpu_only_by_default(monkeypatch):
+    monkeypatch.setattr(layers, "MATMUL_CONV_MAX_PIXELS", None)
+    expected = 0 if tf.config.list_physical_devices("GPU") else layers._CPU_MATMUL_CONV_MAX_PIXELS
+    assert layers.matmul_conv_max_pixels() == expected
+    with layers.native_convolutions():
+        assert layers.matmul_conv_max_pixels() == 0
+    assert layers.matmul_conv_max_pixels() == expected
