@@ -401,16 +401,16 @@ def summarize(results, meta):
                 ratios_min[f"{ours}_over_{other}"] = C.r(ms_min(ours) / ms_min(other))
             if ms_cpu(ours) and ms_cpu(other):
                 ratios_cpu[f"{ours}_over_{other}"] = C.r(ms_cpu(ours) / ms_cpu(other))
-    # Targets judge what models/ ships: ours, ours_xla and ours_bf16 (load_pipeline(dtype="bfloat16")).
+    # The targets are stated for float32: they judge "ours" (the pipeline's default). The fastest
+    # of what models/ ships (ours, ours_xla, ours_bf16 = load_pipeline(dtype="bfloat16")) is shown too.
     best = min((v for v in ("ours", "ours_xla", "ours_bf16") if ms(v)), key=ms, default=None)
     checks = {}
-    if best:
-        for key, target in TARGETS.items():
-            other = key.split("_over_")[1]
-            if ms(other):
-                ratio = ms(best) / ms(other)
-                checks[key] = {"best_ours": best, "ratio": C.r(ratio), "target": target,
-                               "met": bool(ratio <= target)}
+    for key, target in TARGETS.items():
+        other = key.split("_over_")[1]
+        if ms("ours") and ms(other):
+            ratio = ms("ours") / ms(other)
+            checks[key] = {"variant": "ours", "ratio": C.r(ratio), "target": target, "met": bool(ratio <= target),
+                           "best_ours": best, "best_ratio": C.r(ms(best) / ms(other))}
     contended = [v for v, x in results.items() if x.get("contended")]
     return {"benchmark": "unet_step", **meta, "results": results, "ratios": ratios,
             "ratios_of_min": ratios_min, "ratios_of_cpu_time": ratios_cpu, "targets": checks, "contended_variants": contended}
@@ -466,8 +466,8 @@ def format_table(summary):
         c = summary.get("ratios_of_cpu_time", {}).get(k)
         lines.append(f"{k:<29} {v:7.3f} " + " ".join(f"{x:7.3f}" if x is not None else "      -" for x in (m, c)))
     for k, c in summary["targets"].items():
-        lines.append(f"target {k} <= {c['target']}: {c['best_ours']} {c['ratio']:.3f} "
-                     f"-> {'MET' if c['met'] else 'NOT MET'}")
+        lines.append(f"target {k} <= {c['target']} (float32): ours {c['ratio']:.3f} "
+                     f"-> {'MET' if c['met'] else 'NOT MET'}; fastest shipped variant {c['best_ours']} {c['best_ratio']:.3f}")
     return "\n".join(lines)
 
 

@@ -52,18 +52,33 @@ def native_convolutions():
 
 
 def conv_as_matmul(x, kernel, strides=(1, 1), pads=((0, 0), (0, 0))):
-    """A 2-D convolution (NHWC, HWIO kernel, explicit zero padding) as im2col + one matmul."""
+    """A 2-D convolution (NHWC, HWIO kernel, explicit zero padding) as im2col + one matmul.
+
+    The patches are k*k strided slices concatenated on channels, in the HWIO kernel's (row,
+    column, channel) order; faster here than tf.image.extract_patches (bench/conv_kernels.py)."""
     k_h, k_w, c_in, c_out = kernel.shape
     s_h, s_w = strides
     if any(sum(pads, ())):
         x = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
-    shape = tf.shape(x)
-    out_h, out_w = (shape[1] - k_h) // s_h + 1, (shape[2] - k_w) // s_w + 1
+    # Static sides where known, so the slices are constants in the traced graph.
+    batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+    h = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+    w = x.shape[2] if x.shape[2] is not None else tf.shape(x)[2]
+    out_h, out_w = (h - k_h) // s_h + 1, (w - k_w) // s_w + 1
     taps = [x[:, i:i + (out_h - 1) * s_h + 1:s_h, j:j + (out_w - 1) * s_w + 1:s_w, :]
             for i in range(k_h) for j in range(k_w)]
-    patches = taps[0] if len(taps) == 1 else tf.concat(taps, axis=-1)  # (i, j, c): the HWIO order
+    patches = taps[0] if len(taps) == 1 else tf.concat(taps, axis=-1)
     y = tf.matmul(tf.reshape(patches, [-1, k_h * k_w * c_in]), tf.reshape(kernel, [k_h * k_w * c_in, c_out]))
-    return tf.reshape(y, [shape[0], out_h, out_w, c_out])
+    return tf.reshape(y, [batch, out_h, out_w, c_out])
+
+
+def _symbolic():
+    """True while Keras infers output shapes (a scratch graph; the op choice does not matter)."""
+    try:
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:  # a Keras without it: trace both paths, as for dynamic shapes
+        return False
+    return in_symbolic_scope()
 
 
 class Conv2D(keras.layers.Conv2D):
@@ -73,7 +88,7 @@ class Conv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         limit = matmul_conv_max_pixels()
         pads = self._matmul_pads()
-        if not limit or pads is None:
+        if not limit or pads is None or _symbolic():
             return super().convolution_op(inputs, kernel)
 
         def matmul():

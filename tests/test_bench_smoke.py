@@ -60,8 +60,8 @@ def test_summary_ratios_and_table():
            "kerascv": {"ms_per_step": 100.0}, "diffusers": {"error": "boom"}}
     s = summarize(res, meta)
     assert s["ratios"] == {"ours_over_kerascv": 0.8, "ours_xla_over_kerascv": 0.6}
-    assert s["targets"]["ours_over_kerascv"] == {"best_ours": "ours_xla", "ratio": 0.6, "target": 0.8,
-                                                 "met": True}
+    assert s["targets"]["ours_over_kerascv"] == {"variant": "ours", "ratio": 0.8, "target": 0.8, "met": True,
+                                                 "best_ours": "ours_xla", "best_ratio": 0.6}
     assert "ours_over_diffusers" not in s["targets"]
     table = format_table(s)
     assert "ERROR: boom" in table and "MET" in table
