@@ -9,7 +9,8 @@ process's ru_maxrss (the true high-water mark); the per-phase peaks (text encode
 loop, then VAE decode) come from a sampling thread (50 ms resolution). GB = GiB (2**30 bytes).
 Target: peak RSS <= 6 GB.
 
-`--tiny` uses the tiny test configs (smoke test).
+`--checkpoint DIR` loads a model instead (load_components, as load_pipeline does), which is what
+a user's process does: the peak then includes loading. `--tiny` uses the tiny test configs.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ def build_components(tiny=False, dtype="float32"):
 
 
 def run(size=512, steps=2, repeats=2, tiny=False, jit_compile=False, scheduler="ddim",
-        guidance_batching="auto", dtype="float32"):
-    result = _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching)
+        guidance_batching="auto", dtype="float32", checkpoint=None):
+    result = _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching, checkpoint)
     result.update(dtype=dtype)
     return result
 
 
-def _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching):
+def _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching, checkpoint=None):
     C.quiet_tf()
     t_start = time.perf_counter()
     import keras
@@ -64,7 +65,14 @@ def _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_bat
               "tensorflow": tf.__version__, "keras": keras.__version__,
               "rss_after_imports_gb": C.r(C.rss_gb())}
     keras.utils.set_random_seed(0)
-    comps, build_s = C.timed(lambda: build_components(tiny, dtype))
+    if checkpoint:  # the user's path: load_pipeline(checkpoint), pages of the file included
+        from models.loading import load_components
+
+        comps, build_s = C.timed(lambda: load_components(checkpoint, dtype=None if dtype == "float32" else dtype))
+        result["checkpoint"] = checkpoint
+        result["peak_rss_after_load_gb"] = C.r(C.peak_rss_gb())
+    else:
+        comps, build_s = C.timed(lambda: build_components(tiny, dtype))
     result["build_s"] = C.r(build_s, 2)
     result["params_m"] = {name: C.r(getattr(comps, name).count_params() / 1e6, 1)
                           for name in ("text_encoder", "unet", "decoder", "encoder")}
@@ -124,7 +132,8 @@ def format_report(res):
         f"{res['dtype']}, guidance batching {res['guidance_batching']}",
         f"load average at start {res['loadavg_start']}, end {res['loadavg_end']}",
         f"parameters (M): {res['params_m']}  -> weights {res['weights_gb']:.2f} GB",
-        f"build {res['build_s']:.1f} s; RSS after build {res['rss_after_build_gb']:.2f} GB",
+        (f"loaded {res['checkpoint']} in {res['build_s']:.1f} s (peak during load {res['peak_rss_after_load_gb']:.2f} GB)"
+         if res.get("checkpoint") else f"build {res['build_s']:.1f} s") + f"; RSS after {res['rss_after_build_gb']:.2f} GB",
         f"generate calls: {calls} (first includes tracing)",
         f"VAE decode alone: {res['decode_only']['s']:.1f} s, sampled peak {res['decode_only']['peak_rss_sampled_gb']:.2f} GB",
         f"PEAK RSS {res['peak_rss_gb']:.2f} GiB (target <= {res['target_gb']} GB: "
@@ -143,11 +152,14 @@ def main(argv=None):
     p.add_argument("--guidance-batching", default="auto", choices=["auto", "batched", "split"],
                    help="as StableDiffusionPipeline's (auto: split for float32 on a CPU)")
     p.add_argument("--dtype", default="float32", help="Keras dtype policy of every network (e.g. bfloat16)")
+    p.add_argument("--checkpoint", default=None,
+                   help="load this model (any load_pipeline source) instead of building random weights; "
+                        "write one with models.checkpoints.diffusers_folder.save_diffusers_folder")
     p.add_argument("--out", default="bench/results/pipeline_memory.json", help="JSON output ('' for none)")
     args = p.parse_args(argv)
     size = args.size or (64 if args.tiny else 512)
     res = run(size, args.steps, max(1, args.repeats), args.tiny, args.jit_compile, args.scheduler,
-              args.guidance_batching, args.dtype)
+              args.guidance_batching, args.dtype, args.checkpoint)
     print(format_report(res))
     C.write_json(args.out, res)
     if args.out:

@@ -105,5 +105,8 @@ def assign(models_with_prefixes, state_dict: dict, *, what: str = "checkpoint", 
                 shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
                 lines.append(f"  {title}: {shown}")
         raise CheckpointMismatchError("\n".join(lines))
+    from .checkpoints.safetensors_io import release_pages  # (the checkpoints package imports this module)
+
     for variable, value in pending:
         variable.assign(value.astype(dtype or variable.dtype))
+        release_pages(value)

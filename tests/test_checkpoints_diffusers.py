@@ -564,3 +564,24 @@ def test_unsupported_config_values_are_refused(folder, tmp_path):
     json.dump(config, open(path, "w"))
     with pytest.raises(CheckpointError, match="time_embedding_type"):
         load_components(root)
+
+
+def test_loading_releases_the_pages_of_the_file(tmp_path):
+    """Assigned tensors' file pages leave this process's RSS (else a 4 GB load peaks at weights + file)."""
+    from models.checkpoints.safetensors_io import read_safetensors, release_pages, write_safetensors
+
+    def rss_file_kb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssFile"))
+
+    values = np.random.default_rng(0).standard_normal((64, 1024, 1024)).astype(np.float32)  # 256 MiB
+    write_safetensors({"w": values}, tmp_path / "big.safetensors")
+    tensor = read_safetensors(tmp_path / "big.safetensors")["w"]
+    before = rss_file_kb()
+    assert float(tensor.sum()) == pytest.approx(float(values.sum()), rel=1e-4)  # touches every page
+    touched = rss_file_kb()
+    assert touched - before > 200 * 1024
+    release_pages(tensor.transpose(2, 1, 0))  # views of the mapping are enough
+    assert rss_file_kb() - before < 16 * 1024
+    np.testing.assert_array_equal(tensor[5, 7], values[5, 7])  # still readable: pages come back from the file
+    release_pages(np.ones(4))  # not a mapping: nothing to do

@@ -15,6 +15,7 @@ before it will load them.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 
@@ -136,6 +137,30 @@ def read_safetensors(path, keys=None) -> dict[str, np.ndarray]:
         raw = data[begin:end].view(dtype) if end > begin else np.zeros(0, dtype)
         out[name] = _to_numpy(raw, entry["dtype"], entry["shape"])
     return out
+
+
+def release_pages(array) -> None:
+    """Drop the memory-mapped file pages behind `array` (a view of a read_safetensors tensor)
+    from this process's resident memory once its values have been copied elsewhere.
+
+    Without this, loading a 4 GB float32 checkpoint keeps every page it read mapped until the
+    whole state dict is freed, so the peak is weights + file (8.2 GiB for SD v1 instead of
+    about 4.6). The pages stay in the page cache and are read back if the array is used again.
+    Anything not backed by a read-only mapping (copies, converted float16 tensors) is left alone.
+    """
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if not isinstance(base, mmap.mmap) or not isinstance(array, np.ndarray) or not array.size:
+        return
+    start = array.__array_interface__["data"][0] - np.frombuffer(base, np.uint8).__array_interface__["data"][0]
+    lo, hi = start, start + array.nbytes
+    if lo < 0 or hi > len(base):
+        return
+    page = mmap.PAGESIZE
+    lo, hi = -(-lo // page) * page, (hi // page) * page  # whole pages inside the tensor only
+    if hi > lo:
+        base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def read_sharded(index_path) -> dict[str, np.ndarray]:
