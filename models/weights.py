@@ -98,15 +98,25 @@ def assign(models_with_prefixes, state_dict: dict, *, what: str = "checkpoint", 
             except CheckpointMismatchError as e:
                 bad_shape.append(str(e))
     unexpected = sorted(set(state_dict) - used)
+    from .checkpoints import deferred_init  # (the checkpoints package imports this module)
+    from .checkpoints.safetensors_io import release_pages
+
     if missing or unexpected or bad_shape:
+        deferred_init.discard([v for model, _ in models_with_prefixes for v in model.weights])
         lines = [f"{what} does not match the architecture:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", bad_shape)):
             if items:
                 shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
                 lines.append(f"  {title}: {shown}")
         raise CheckpointMismatchError("\n".join(lines))
-    from .checkpoints.safetensors_io import release_pages  # (the checkpoints package imports this module)
-
+    deferred = []
     for variable, value in pending:
-        variable.assign(value.astype(dtype or variable.dtype))
-        release_pages(value)
+        target = dtype or variable.dtype
+        if deferred_init.is_uninitialized(variable):  # built by deferred_init.uninitialized()
+            deferred.append((variable, lambda value=value, target=target: value.astype(target),
+                             lambda value=value: release_pages(value)))
+        else:
+            variable.assign(value.astype(target))
+            release_pages(value)
+    if deferred:
+        deferred_init.initialize(deferred)

@@ -10,6 +10,7 @@ import contextlib
 
 from ..config import TextEncoderConfig, UNetConfig, VAEConfig
 from ..weights import assign
+from .deferred_init import uninitialized
 
 _ENCODER_PREFIXES = ("encoder.", "quant_conv.")
 
@@ -36,7 +37,7 @@ def dtype_policy(dtype):
 def build_text_encoder(config: TextEncoderConfig, state_dict: dict, *, dtype=None, what="text encoder"):
     from ..text_encoder import TextEncoder
 
-    with dtype_policy(dtype):
+    with dtype_policy(dtype), uninitialized():
         model = TextEncoder(config)
     assign([(model, "")], state_dict, what=what)
     return model
@@ -45,7 +46,7 @@ def build_text_encoder(config: TextEncoderConfig, state_dict: dict, *, dtype=Non
 def build_unet(config: UNetConfig, state_dict: dict, *, dtype=None, what="UNet"):
     from ..unet import UNet
 
-    with dtype_policy(dtype):
+    with dtype_policy(dtype), uninitialized():
         model = UNet(config)
     assign([(model, "")], state_dict, what=what)
     return model
@@ -59,7 +60,7 @@ def build_vae(config: VAEConfig, state_dict: dict, *, dtype=None, what="VAE"):
     """(encoder or None, decoder): a checkpoint without encoder weights still decodes."""
     from ..vae import VAEDecoder, VAEEncoder
 
-    with dtype_policy(dtype):
+    with dtype_policy(dtype), uninitialized():
         decoder = VAEDecoder(config)
         encoder = VAEEncoder(config) if has_encoder(state_dict) else None
     pairs = [(decoder, "")] + ([(encoder, "")] if encoder is not None else [])
