@@ -21,6 +21,8 @@ from models.checkpoints import (CheckpointError, CheckpointMismatchError, Pickle
 from models.checkpoints import hub
 from models.checkpoints.diffusers_folder import save_diffusers_folder
 from models.checkpoints.assemble import build_vae
+
+from .conftest import random_components
 from models.checkpoints.ldm_single_file import (ema_key, load_ldm_checkpoint, load_ldm_unet, split_ldm_state_dict,
                                                 to_ldm_state_dict)
 from models.config import TextEncoderConfig, UNetConfig, VAEConfig
@@ -585,3 +587,30 @@ def test_loading_releases_the_pages_of_the_file(tmp_path):
     assert rss_file_kb() - before < 16 * 1024
     np.testing.assert_array_equal(tensor[5, 7], values[5, 7])  # still readable: pages come back from the file
     release_pages(np.ones(4))  # not a mapping: nothing to do
+
+
+def test_loaders_create_variables_from_the_checkpoint_without_initialising_them():
+    from keras.src.backend.common import global_state
+
+    from models.checkpoints import deferred_init
+    from models.checkpoints.assemble import build_unet
+    from models.weights import model_state_dict
+
+    source = random_components().unet
+    state = model_state_dict(source)
+    with deferred_init.uninitialized():
+        probe = type(source)(source.config)
+    assert all(deferred_init.is_uninitialized(v) for v in probe.weights)  # nothing allocated yet
+    deferred_init.discard(probe.weights)
+
+    loaded = build_unet(source.config, state)
+    assert not any(deferred_init.is_uninitialized(v) for v in loaded.weights)
+    for a, b in zip(source.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not global_state.get_global_attribute("uninitialized_variables")
+
+    broken = dict(state)
+    broken.pop(next(iter(broken)))
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+        build_unet(source.config, broken)
+    assert not global_state.get_global_attribute("uninitialized_variables")  # no orphans left behind
