@@ -123,6 +123,22 @@ def test_pipeline_memory_tiny(tmp_path, capsys):
     assert "PEAK RSS" in capsys.readouterr().out
 
 
+def test_pipeline_memory_from_a_checkpoint(tmp_path, capsys):
+    from bench.pipeline_memory import main
+    from models.checkpoints.diffusers_folder import save_diffusers_folder
+
+    from .conftest import random_components
+
+    save_diffusers_folder(random_components(), tmp_path / "model", dtype="float32")
+    out = tmp_path / "pm.json"
+    assert main(["--checkpoint", str(tmp_path / "model"), "--size", "64", "--steps", "1", "--repeats", "1",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["checkpoint"] == str(tmp_path / "model") and res["image_shape"] == [1, 64, 64, 3]
+    assert 0 < res["peak_rss_after_load_gb"] <= res["peak_rss_gb"]
+    assert "loaded " in capsys.readouterr().out
+
+
 def _has(module):
     try:
         __import__(module)
