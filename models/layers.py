@@ -94,17 +94,21 @@ class Conv2D(keras.layers.Conv2D):
         def matmul():
             return conv_as_matmul(inputs, kernel, self.strides, pads)
 
-        b, h, w = inputs.shape[0], inputs.shape[1], inputs.shape[2]
+        b, h, w = inputs.shape[:3]
         if h is not None and w is not None:  # decided when traced
-            out = (h + sum(pads[0]) - self.kernel_size[0]) // self.strides[0] + 1
-            out *= (w + sum(pads[1]) - self.kernel_size[1]) // self.strides[1] + 1
+            out = self._out_pixels(h, w, pads)
             small = out <= limit or (b is not None and b * out <= MATMUL_CONV_MAX_ROWS)
             return matmul() if small else super().convolution_op(inputs, kernel)
         # Dynamic spatial size (a graph traced for every resolution): decided per call.
         shape = tf.shape(inputs)
-        out = shape[1] * shape[2] // (self.strides[0] * self.strides[1])
+        out = self._out_pixels(shape[1], shape[2], pads)
         small = tf.logical_or(out <= limit, shape[0] * out <= MATMUL_CONV_MAX_ROWS)
         return tf.cond(small, matmul, lambda: super(Conv2D, self).convolution_op(inputs, kernel))
+
+    def _out_pixels(self, h, w, pads):
+        """Output pixels per image for input sides h, w (ints, or scalar tensors)."""
+        (k_h, k_w), (s_h, s_w) = self.kernel_size, self.strides
+        return ((h + sum(pads[0]) - k_h) // s_h + 1) * ((w + sum(pads[1]) - k_w) // s_w + 1)
 
     def _matmul_pads(self):
         """Explicit pads equal to this layer's padding, or None where the matmul path does not apply."""

@@ -9,6 +9,8 @@ variable is used exactly once, or the error names what is missing, unexpected or
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Keras variable name -> PyTorch parameter name.
@@ -109,14 +111,16 @@ def assign(models_with_prefixes, state_dict: dict, *, what: str = "checkpoint", 
                 shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
                 lines.append(f"  {title}: {shown}")
         raise CheckpointMismatchError("\n".join(lines))
+    def copy(value, target):
+        out = value.astype(target)  # a copy, so the file pages behind `value` can go
+        release_pages(value)
+        return out
+
     deferred = []
     for variable, value in pending:
         target = dtype or variable.dtype
         if deferred_init.is_uninitialized(variable):  # built by deferred_init.uninitialized()
-            deferred.append((variable, lambda value=value, target=target: value.astype(target),
-                             lambda value=value: release_pages(value)))
+            deferred.append((variable, functools.partial(copy, value, target)))
         else:
-            variable.assign(value.astype(target))
-            release_pages(value)
-    if deferred:
-        deferred_init.initialize(deferred)
+            variable.assign(copy(value, target))
+    deferred_init.initialize(deferred)

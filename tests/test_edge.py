@@ -284,16 +284,22 @@ def last_result(pg):
     return pixels, last
 
 
+def generate(pg, seed, prompt=None):
+    """Fill the txt2img form (prompt if given, seed, STEPS), press Generate, wait: (pixels, last)."""
+    if prompt is not None:
+        pg.fill("#prompt", prompt)
+    pg.fill("#seed", str(seed))
+    pg.fill("#steps", str(STEPS))
+    pg.click("#run")
+    wait_state(pg, ("done",))
+    return last_result(pg)
+
+
 @pytest.mark.slow
 def test_browser_txt2img_matches_all_in_one(page, server_url):
     backend = page.inner_text("#backend")
     assert backend.split()[0] in ("webgpu", "webgl", "wasm", "cpu")
-    page.fill("#prompt", PROMPT)
-    page.fill("#seed", "11")
-    page.fill("#steps", str(STEPS))
-    page.click("#run")
-    wait_state(page, ("done",))
-    pixels, last = last_result(page)
+    pixels, last = generate(page, 11, PROMPT)
     reference = all_in_one_txt2img(server_url, PROMPT, 11)
     value = psnr(pixels, reference)
     BYTES["browser, tiny, no negative prompt"] = (last["sent"], last["received"])
@@ -312,14 +318,9 @@ def test_browser_txt2img_matches_all_in_one(page, server_url):
 
 @pytest.mark.slow
 def test_browser_negative_prompt_matches_all_in_one(page, server_url):
-    page.fill("#prompt", PROMPT)
     page.fill("#negative", "red")
-    page.fill("#seed", "12")
-    page.fill("#steps", str(STEPS))
-    page.click("#run")
-    wait_state(page, ("done",))
+    pixels, last = generate(page, 12, PROMPT)
     page.fill("#negative", "")
-    pixels, last = last_result(page)
     value = psnr(pixels, all_in_one_txt2img(server_url, PROMPT, 12, "red"))
     BYTES["browser, tiny, negative prompt"] = (last["sent"], last["received"])
     print(f"browser txt2img with a negative prompt: PSNR {value:.1f} dB, sent {last['sent']} B")
@@ -365,13 +366,8 @@ def test_browser_inpaint_matches_all_in_one(page, server_url, tmp_path):
 @pytest.mark.slow
 def test_browser_float16_models_match_all_in_one(page, server_url):
     page.select_option("#precision", "float16")
-    page.fill("#prompt", PROMPT)
-    page.fill("#seed", "13")
-    page.fill("#steps", str(STEPS))
-    page.click("#run")
-    wait_state(page, ("done",))
+    pixels, last = generate(page, 13, PROMPT)
     page.select_option("#precision", "float32")
-    pixels, last = last_result(page)
     value = psnr(pixels, all_in_one_txt2img(server_url, PROMPT, 13))
     print(f"browser, float16 TF.js files: PSNR {value:.1f} dB")
     assert "float16" in page.inner_text("#weights")
@@ -389,11 +385,7 @@ def test_browser_forced_backend(browser, server_url, backend):
         pg.goto(f"{server_url}/edge/?backend={backend}")
         wait_state(pg, ("ready",))
         assert pg.inner_text("#backend").startswith(backend)
-        pg.fill("#seed", "14")
-        pg.fill("#steps", str(STEPS))
-        pg.click("#run")
-        wait_state(pg, ("done",))
-        pixels, last = last_result(pg)
+        pixels, last = generate(pg, 14)
     finally:
         context.close()
     value = psnr(pixels, all_in_one_txt2img(server_url, "a red circle on a blue background", 14))

@@ -13,26 +13,29 @@ normally and `assign` falls back to Variable.assign, so loading still works, onl
 from __future__ import annotations
 
 import contextlib
+import types
 
 
-def _internals():
+def _keras():
+    """The Keras internals this module needs, or None."""
     try:
         from keras.src.backend.common import global_state
         from keras.src.backend.common.stateless_scope import StatelessScope, in_stateless_scope
         from keras.src.backend.common.variables import initialize_all_variables
     except ImportError:
         return None
-    return StatelessScope, in_stateless_scope, initialize_all_variables, global_state
+    return types.SimpleNamespace(StatelessScope=StatelessScope, in_stateless_scope=in_stateless_scope,
+                                 initialize_all_variables=initialize_all_variables, global_state=global_state)
 
 
 @contextlib.contextmanager
 def uninitialized():
     """Variables created inside get no value until `initialize(...)` (nothing is allocated)."""
-    parts = _internals()
-    if parts is None or parts[1]():  # no internals, or already inside a stateless scope
+    k = _keras()
+    if k is None or k.in_stateless_scope():  # no internals, or already inside a stateless scope
         yield
         return
-    with parts[0](initialize_variables=False):
+    with k.StatelessScope(initialize_variables=False):
         yield
 
 
@@ -41,33 +44,30 @@ def is_uninitialized(variable) -> bool:
 
 
 class _Given:
-    """An initializer that returns a prepared value (and then runs `after`, e.g. freeing its source)."""
+    """An initializer that returns what `make()` returns (the variable's checkpoint value)."""
 
-    def __init__(self, make, after=None):
-        self.make, self.after = make, after
+    def __init__(self, make):
+        self.make = make
 
     def __call__(self, shape=None, dtype=None):
-        value = self.make()
-        if self.after is not None:
-            self.after()
-        return value
+        return self.make()
 
 
 def initialize(pairs) -> None:
-    """Give every uninitialised variable in `pairs` ([(variable, make_value, after)]) its value."""
-    import tensorflow as tf
-
-    parts = _internals()
-    for variable, make, after in pairs:
-        variable._initializer = _Given(lambda make=make: tf.convert_to_tensor(make()), after)
-    parts[2]()  # initialize_all_variables: ours, one at a time
+    """Give every uninitialised variable in `pairs` ([(variable, make_value)]) its value, one
+    variable at a time, so at most one value's temporaries exist at once."""
+    if not pairs:
+        return
+    for variable, make in pairs:
+        variable._initializer = _Given(make)
+    _keras().initialize_all_variables()
 
 
 def discard(variables) -> None:
     """Forget uninitialised variables of a model that failed to load (so Keras never fills them)."""
-    parts = _internals()
-    if parts is None:
+    k = _keras()
+    if k is None:
         return
     ids = {id(v) for v in variables}
-    registry = parts[3].get_global_attribute("uninitialized_variables") or []
-    parts[3].set_global_attribute("uninitialized_variables", [v for v in registry if id(v) not in ids])
+    registry = k.global_state.get_global_attribute("uninitialized_variables") or []
+    k.global_state.set_global_attribute("uninitialized_variables", [v for v in registry if id(v) not in ids])
