@@ -15,8 +15,10 @@ import argparse
 import concurrent.futures as cf
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,20 @@ def test_files():
     # Largest first: a rough proxy for the slowest, so the two lanes finish together.
     light.sort(key=lambda f: f.stat().st_size, reverse=True)
     return light, heavy
+
+
+# The KerasCV parity files at full SD v1 size are the largest thing the suite writes.
+HEAVY_TMP_GB = 9
+
+
+def warn_if_short_of_disk():
+    """A full /tmp shows up as an OSError deep inside a test; say so up front instead."""
+    tmp = tempfile.gettempdir()
+    free_gb = shutil.disk_usage(tmp).free / 2**30
+    if free_gb < HEAVY_TMP_GB:
+        print(f"WARNING: the full-size tests write up to {HEAVY_TMP_GB} GB under {tmp}, which has "
+              f"{free_gb:.1f} GB free; expect 'No space left on device' failures (set TMPDIR elsewhere)",
+              flush=True)
 
 
 def run_file(path, extra):
@@ -63,6 +79,7 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2)
     args, extra = p.parse_known_args(argv)
     light, heavy = test_files()
+    warn_if_short_of_disk()
     total, done, failed = len(light) + len(heavy), 0, []
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(args.jobs) as pool:

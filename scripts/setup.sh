@@ -17,6 +17,16 @@ apt_install() {
   fi
 }
 
+need_disk() {
+  # need_disk GB WHAT: stop with a clear message instead of pip's "No space left on device".
+  local free_gb
+  free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+  if [ "$free_gb" -lt "$1" ]; then
+    echo "setup: $2 needs about $1 GB of free disk, but $(pwd) has $free_gb GB free" >&2
+    exit 1
+  fi
+}
+
 if [ ! -x .venv/bin/python ]; then
   if ! "$PY" -m venv .venv 2>/dev/null; then
     rm -rf .venv
@@ -35,6 +45,7 @@ stamp=".venv/.setup-stamp-$profile"
 want=$(cat "${reqs[@]}" constraints.txt 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages for '$profile' into .venv/ (first run takes a few minutes)"
+  [ -f "$stamp" ] || need_disk "$([ "$profile" = test ] && echo 5 || echo 3)" ".venv/ ($profile)"
   .venv/bin/python -m pip install -q --upgrade pip
   args=()
   for r in "${reqs[@]}"; do args+=(-r "$r"); done
@@ -50,6 +61,7 @@ tfjs_stamp=".venv-tfjs/.setup-stamp"
 tfjs_want=$(sha256sum requirements-tfjs.txt | cut -d' ' -f1)
 if [ ! -f "$tfjs_stamp" ] || [ "$(cat "$tfjs_stamp")" != "$tfjs_want" ]; then
   echo "setup: installing the TF.js converter into .venv-tfjs/ (first run takes a few minutes)"
+  [ -f "$tfjs_stamp" ] || need_disk 4 ".venv-tfjs/"
   [ -x .venv-tfjs/bin/python ] || "$PY" -m venv .venv-tfjs
   .venv-tfjs/bin/python -m pip install -q --upgrade pip
   .venv-tfjs/bin/python -m pip install -q -r requirements-tfjs.txt

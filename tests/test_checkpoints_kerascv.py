@@ -9,6 +9,7 @@ maths they must stay close. Slow: full-size models on CPU.
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
 
@@ -54,7 +55,8 @@ def kerascv(tmp_path_factory):
         out = {k: data[k] for k in data.files}
     out["timestep"] = int(out["timestep"])
     out["folder"] = str(folder)
-    return out
+    yield out
+    shutil.rmtree(folder, ignore_errors=True)  # 8 GB of full-size weight files
 
 
 def errors(comps, k):
