@@ -535,6 +535,44 @@ def test_bfloat16_safetensors_are_widened(tmp_path):
     np.testing.assert_array_equal(sd["w"], t.float().numpy())
 
 
+def test_loaders_read_tensors_in_stored_precision(tmp_path):
+    """read_weights hands float16/bfloat16 tensors over unconverted, as views of the file:
+    widening a whole float16 SD v1 file first made its load peak 7.6 GiB instead of 4.9."""
+    from safetensors.torch import save_file
+
+    from models.checkpoints.files import read_weights
+
+    half, brain = torch.randn(4, 6).half(), torch.randn(3, 5).to(torch.bfloat16)
+    save_file({"h": half, "b": brain, "f": half.float()}, str(tmp_path / "mixed.safetensors"))
+    sd = read_weights(str(tmp_path / "mixed.safetensors"))
+    assert sd["h"].dtype == np.float16 and sd["f"].dtype == np.float32
+    assert str(sd["b"].dtype) == "bfloat16"
+    base = sd["h"]
+    while base.base is not None and isinstance(base.base, np.ndarray):
+        base = base.base
+    assert not base.flags.owndata  # a view of the memory map, not a copy
+    np.testing.assert_array_equal(sd["h"].astype(np.float32), half.float().numpy())
+    np.testing.assert_array_equal(sd["b"].astype(np.float32), brain.float().numpy())
+    pickled = tmp_path / "mixed.ckpt"
+    torch.save({"state_dict": {"h": half, "b": brain}}, str(pickled))
+    sd = read_weights(str(pickled), allow_pickle=True)
+    assert sd["h"].dtype == np.float16 and sd["b"].dtype == np.float32  # numpy has no bfloat16
+
+
+def test_float16_folder_loads_into_float32_networks(base_ref, folder, tmp_path):
+    """Per-tensor casting on assign: a float16 folder gives float32 variables holding the float16 values."""
+    from models.checkpoints.diffusers_folder import save_diffusers_folder
+
+    ref = load_components(folder)
+    half = str(tmp_path / "half")
+    save_diffusers_folder(ref, half, dtype="float16")
+    comps = load_components(half)
+    for name in ("text_encoder", "unet", "decoder", "encoder"):
+        for a, b in zip(getattr(ref, name).weights, getattr(comps, name).weights):
+            assert b.dtype == "float32", b.path
+            np.testing.assert_array_equal(np.asarray(b), np.asarray(a).astype(np.float16).astype(np.float32), err_msg=b.path)
+
+
 def test_hub_ids_are_recognised_and_failures_are_clear(monkeypatch, tmp_path):
     import sys
 

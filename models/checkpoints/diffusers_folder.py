@@ -120,7 +120,7 @@ def find_weights(folder, part: str, *, allow_pickle: bool = False, variant: str 
     """The weight file of one part: plain safetensors, shards, fp16 variant, then pickles.
 
     Preferring the plain file matches diffusers; the fp16 variant is just as good for us
-    (everything is widened to float32), and pickles come last because they need opting in.
+    (each tensor is cast to the network's dtype as it is assigned), and pickles come last because they need opting in.
     """
     stem, pstem = _STEMS[part], _PICKLE_STEMS[part]
     names = []

@@ -13,16 +13,18 @@ from .safetensors_io import _require_file, is_safetensors, read_safetensors, rea
 
 
 def read_weights(path, *, allow_pickle: bool = False) -> dict:
+    """Tensors in their stored precision (float16 stays float16): the loaders cast each one as
+    they assign it, so no float32 copy of the whole file ever exists."""
     path = _require_file(path)
     lower = path.lower()
     if lower.endswith(".index.json"):
         if ".bin." in os.path.basename(lower):
             return _read_sharded_pickle(path, allow_pickle)
-        return read_sharded(path)
+        return read_sharded(path, widen=False)
     if is_pickle_path(path):
         return read_pickle(path, allow_pickle=allow_pickle)
     if lower.endswith(".safetensors") or is_safetensors(path):
-        return read_safetensors(path)
+        return read_safetensors(path, widen=False)
     raise CheckpointError(
         f"{path} is not a weight file this loader reads (.safetensors, a .safetensors.index.json, "
         "or with allow_pickle=True a .ckpt/.bin/.pt)"

@@ -34,13 +34,14 @@ def refuse_pickle(path):
 def _tensor_to_numpy(t) -> np.ndarray:
     import torch
 
-    if t.dtype in (torch.float16, torch.bfloat16, torch.float64):
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16; float16 and float64 stay (cast on assign)
         t = t.float()
     return t.detach().cpu().numpy()
 
 
 def read_pickle(path, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
-    """Tensors of a pickle checkpoint as numpy (floats float32), unwrapping `state_dict`."""
+    """Tensors of a pickle checkpoint as numpy (in their stored precision; bfloat16 as float32),
+    unwrapping `state_dict`."""
     path = _require_file(path)
     if not allow_pickle:
         refuse_pickle(path)

@@ -4,9 +4,11 @@ The reader is our own (the format is an 8-byte length, a JSON header and raw lit
 bytes) rather than `safetensors.numpy`, for two reasons: bfloat16 and float8 checkpoints load
 (numpy has no bfloat16, so the library refuses them), and a damaged download is reported as
 "file X is truncated: tensor Y needs bytes up to N" instead of a Rust deserialisation code.
-Floating tensors come back as float32 because every consumer assigns them to float32 (or
-casts itself); integer tensors keep their type. Data is memory-mapped, so a 4 GB file costs
-memory only for the tensors actually converted.
+Data is memory-mapped, so a 4 GB file costs memory only for the tensors actually converted.
+By default floating tensors come back as float32; loaders ask for `widen=False` and get each
+float tensor in its stored precision, as a view of the file, and cast it when they assign it:
+widening a whole float16 SD v1 checkpoint up front held a float32 copy of every tensor at once
+(7.6 GiB peak to load 4 GiB of weights).
 
 Writing uses the reference library and tags files `format: pt`, which transformers requires
 before it will load them.
@@ -105,22 +107,24 @@ def _check_entry(path, name, entry, data_size):
         )
 
 
-def _to_numpy(raw: np.ndarray, kind: str, shape) -> np.ndarray:
-    if kind == "BF16":
+def _to_numpy(raw: np.ndarray, kind: str, shape, widen: bool) -> np.ndarray:
+    if kind == "BF16" and widen:
         return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    if kind in ("F8_E4M3", "F8_E5M2"):
-        import ml_dtypes  # installed with TensorFlow; only float8 files need it
+    if kind in ("BF16", "F8_E4M3", "F8_E5M2"):
+        import ml_dtypes  # installed with TensorFlow; numpy has no such types
 
-        f8 = ml_dtypes.float8_e4m3fn if kind == "F8_E4M3" else ml_dtypes.float8_e5m2
-        return raw.view(f8).astype(np.float32).reshape(shape)
+        exotic = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}
+        a = raw.view(exotic[kind]).reshape(shape)
+        return a.astype(np.float32) if widen else a
     a = raw.reshape(shape)
-    if a.dtype.kind == "f" and a.dtype != np.float32:
+    if widen and a.dtype.kind == "f" and a.dtype != np.float32:
         a = a.astype(np.float32)
     return a
 
 
-def read_safetensors(path, keys=None) -> dict[str, np.ndarray]:
-    """All tensors (or only `keys`) of a .safetensors file; floats as float32."""
+def read_safetensors(path, keys=None, *, widen: bool = True) -> dict[str, np.ndarray]:
+    """All tensors (or only `keys`) of a .safetensors file; floats as float32, or with
+    `widen=False` in their stored precision (views of the file, nothing converted yet)."""
     header, _, data_start = read_header(path)
     if keys is not None:
         missing = [k for k in keys if k not in header]
@@ -135,7 +139,7 @@ def read_safetensors(path, keys=None) -> dict[str, np.ndarray]:
         begin, end = entry["data_offsets"]
         dtype = _DTYPES[entry["dtype"]]
         raw = data[begin:end].view(dtype) if end > begin else np.zeros(0, dtype)
-        out[name] = _to_numpy(raw, entry["dtype"], entry["shape"])
+        out[name] = _to_numpy(raw, entry["dtype"], entry["shape"], widen)
     return out
 
 
@@ -146,7 +150,7 @@ def release_pages(array) -> None:
     Without this, loading a 4 GB float32 checkpoint keeps every page it read mapped until the
     whole state dict is freed, so the peak is weights + file (8.2 GiB for SD v1 instead of
     about 4.6). The pages stay in the page cache and are read back if the array is used again.
-    Anything not backed by a read-only mapping (copies, converted float16 tensors) is left alone.
+    Anything not backed by a read-only mapping (copies, widened tensors) is left alone.
     """
     base = array
     while isinstance(base, np.ndarray) and base.base is not None:
@@ -163,7 +167,7 @@ def release_pages(array) -> None:
         base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
-def read_sharded(index_path) -> dict[str, np.ndarray]:
+def read_sharded(index_path, *, widen: bool = True) -> dict[str, np.ndarray]:
     """A `*.safetensors.index.json` and its shards, as one state dict.
 
     Every key the index lists must be in the shard it names, so a missing shard or a shard
@@ -181,7 +185,7 @@ def read_sharded(index_path) -> dict[str, np.ndarray]:
         by_shard.setdefault(shard, []).append(key)
     out = {}
     for shard, keys in by_shard.items():
-        out.update(read_safetensors(os.path.join(folder, shard), keys=keys))
+        out.update(read_safetensors(os.path.join(folder, shard), keys=keys, widen=widen))
     return out
 
 
