@@ -19,6 +19,7 @@ from .checkpoints.kerascv_h5 import (_find_file, classify_kerascv_h5, is_kerascv
 from .checkpoints.ldm_single_file import is_ldm_state_dict, load_ldm_checkpoint, load_ldm_unet
 from .checkpoints.pickle_io import is_pickle_path
 from .checkpoints.safetensors_io import is_safetensors, read_header
+from .checkpoints.assemble import only_parts
 from .checkpoints.tiny import load_tiny
 
 ACCEPTED = (
@@ -62,13 +63,20 @@ def _missing(source, accepted):
     return FileNotFoundError(f"{source!r}: no such file or folder. Accepted sources: {accepted}.")
 
 
-def load_components(source="tiny", *, allow_pickle: bool = False, dtype=None):
+def load_components(source="tiny", *, allow_pickle: bool = False, dtype=None, parts=None):
     """Components (text encoder, UNet, VAE, tokenizer, schedule) from any supported source.
 
     `dtype` is a Keras dtype policy for the networks ("float32" default, "mixed_float16", ...).
     Pickle checkpoints (.ckpt/.bin) load only with `allow_pickle=True`.
+    `parts` (a subset of "text_encoder", "unet", "decoder", "encoder"; None: all) builds only
+    those networks, as a split deployment's component server needs; the others are
+    `NotLoaded` stand-ins that keep their configs, and their weights are not read.
     """
-    source = os.fspath(source)
+    with only_parts(parts):
+        return _load_components(os.fspath(source), allow_pickle, dtype)
+
+
+def _load_components(source, allow_pickle, dtype):
     if source == "tiny":
         return load_tiny(dtype=dtype, allow_pickle=allow_pickle)
     path = os.path.expanduser(source)

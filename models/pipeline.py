@@ -14,6 +14,7 @@ import secrets
 import numpy as np
 import tensorflow as tf
 
+from .checkpoints.assemble import NotLoaded
 from .components import Components
 from .masks import gaussian_blur, paste_back
 from .sampling import BLEND, CONCAT, NO_INPAINT, DenoiseLoop
@@ -54,16 +55,27 @@ def to_float_image(image) -> np.ndarray:
     return image.astype(np.float32) / 127.5 - 1.0
 
 
+def _require(model):
+    """A network left out by load_components(parts=...) raises its NotLoadedError here, before
+    any tf.function would wrap it in a StagingError."""
+    if isinstance(model, NotLoaded):
+        model()
+
+
 class StableDiffusionPipeline:
     """Text encoder + UNet + VAE + tokenizer + schedule, with the SD v1 sampling features.
 
     Latents are NHWC and scaled by the VAE scaling factor, as in the SD papers and diffusers.
     """
 
-    def __init__(self, components: Components, jit_compile: bool = False, guidance_batching: str = "auto"):
+    def __init__(self, components: Components, jit_compile: bool = False, guidance_batching: str = "auto",
+                 empty_prompt_context=None):
         """`guidance_batching`: "batched" (one UNet call on the doubled batch), "split" (two
         calls) or "auto": split for float32 on a CPU-only machine, where it is as fast and
-        needs less memory (see models/sampling.py), batched otherwise."""
+        needs less memory (see models/sampling.py), batched otherwise.
+        `empty_prompt_context` ([1, 77, D]) is the unconditional context used when no negative
+        prompt is given; by default the text encoder computes it on first use (a pipeline
+        without its text encoder needs it given)."""
         self.components = components
         self.guidance_batching = self._choose_batching(guidance_batching, components)
         self.text_encoder = components.text_encoder
@@ -73,7 +85,7 @@ class StableDiffusionPipeline:
         self.tokenizer = components.tokenizer
         self.jit_compile = jit_compile
         self._loops = {}
-        self._uncond = None
+        self._uncond = None if empty_prompt_context is None else np.asarray(empty_prompt_context, np.float32)
         self._encode = tf.function(lambda ids: self.text_encoder(ids, training=False), reduce_retracing=True)
         self._decode = tf.function(
             lambda z: self.decoder(z / self.scaling_factor, training=False), reduce_retracing=True
@@ -128,6 +140,7 @@ class StableDiffusionPipeline:
         if isinstance(prompts, str):
             prompts = [prompts]
         ids = self.tokenizer.tokenize(list(prompts))
+        _require(self.text_encoder)
         return self._encode(tf.constant(ids)).numpy().astype(np.float32)
 
     def predict_noise(self, latents, timestep, context) -> np.ndarray:
@@ -136,6 +149,7 @@ class StableDiffusionPipeline:
         return self.unet([latents, t, np.asarray(context, np.float32)], training=False).numpy()
 
     def decode_latents(self, latents) -> np.ndarray:
+        _require(self.decoder)
         return self._decode(tf.constant(np.asarray(latents, np.float32))).numpy()
 
     def encode_image(self, images, sample=False, seed=0) -> np.ndarray:
@@ -324,6 +338,7 @@ class StableDiffusionPipeline:
             mode = CONCAT  # txt2img on an inpainting UNet: everything masked, nothing known
             cond_latents = zeros
 
+        _require(self.unet)
         loop = self._loop(scheduler, mode)
         has_image = image is not None or image_latents is not None
         start = int(loop.scheduler.start_index(num_steps, strength)) if has_image else 0

@@ -573,6 +573,41 @@ def test_float16_folder_loads_into_float32_networks(base_ref, folder, tmp_path):
             np.testing.assert_array_equal(np.asarray(b), np.asarray(a).astype(np.float16).astype(np.float32), err_msg=b.path)
 
 
+@pytest.mark.parametrize("which", ["folder", "ldm_file"])
+def test_parts_load_only_the_named_networks(which, request):
+    """What a split deployment's component server loads: its own networks, bit-equal to a full
+    load; the others are NotLoaded stand-ins with the same configs, and calling one says so."""
+    from models import load_pipeline
+    from models.checkpoints.assemble import NotLoaded, NotLoadedError
+
+    source = request.getfixturevalue(which)
+    full = load_components(source)
+    names = ("text_encoder", "unet", "decoder", "encoder")
+    for parts in (["text_encoder"], ["unet"], ["decoder", "encoder"], ["encoder"]):
+        comps = load_components(source, parts=parts)
+        for name in names:
+            ours, ref = getattr(comps, name), getattr(full, name)
+            assert ours.config == ref.config, name
+            if name in parts:
+                assert not isinstance(ours, NotLoaded)
+                for a, b in zip(ours.weights, ref.weights, strict=True):
+                    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+            else:
+                assert isinstance(ours, NotLoaded) and ours.count_params() == 0
+    whole = load_pipeline(source)
+    pipe = load_pipeline(source, parts=["unet"])  # the diffusion server: the empty prompt's context computed up front
+    context = whole.encode_text(["a prompt"])
+    ours = pipe.generate("", num_steps=2, seed=0, decode=False, context=context).latents
+    np.testing.assert_allclose(ours, whole.generate("a prompt", num_steps=2, seed=0, decode=False).latents,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotLoadedError, match="text_encoder is not loaded"):
+        pipe.encode_text(["a prompt"])
+    with pytest.raises(NotLoadedError, match="decoder is not loaded"):
+        pipe.decode_latents(np.zeros((1, 8, 8, 4), np.float32))
+    with pytest.raises(ValueError, match="subset"):
+        load_components(source, parts=["vae"])
+
+
 def test_hub_ids_are_recognised_and_failures_are_clear(monkeypatch, tmp_path):
     import sys
 

@@ -120,3 +120,16 @@ def test_single_diffusion_file_is_a_unet_replacement(kerascv):
     del unet
     _collect()
     assert err <= 1e-4
+
+
+def test_parts_read_only_the_files_they_need(kerascv, monkeypatch):
+    """A decoder server's load of a KerasCV folder opens only the decoder and image encoder files."""
+    import models.checkpoints.kerascv_h5 as kh5
+    from models.checkpoints.assemble import NotLoaded
+
+    opened, real = [], kh5.read_kerascv_h5
+    monkeypatch.setattr(kh5, "read_kerascv_h5", lambda path, *a, **k: opened.append(os.path.basename(path)) or real(path, *a, **k))
+    comps = load_components(kerascv["folder"], parts=["decoder", "encoder"])
+    assert sorted(opened) == ["kcv_decoder.h5", "vae_encoder.h5"], opened
+    assert isinstance(comps.unet, NotLoaded) and isinstance(comps.text_encoder, NotLoaded)
+    assert rel_err(comps.decoder(kerascv["z"] / comps.scaling_factor), kerascv["decoded"]) <= 1e-4

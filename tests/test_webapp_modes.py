@@ -58,6 +58,12 @@ def test_components_host_only_their_stage(split_servers):
     assert httpx.get(split_servers["frontend"].url + "/").status_code == 200  # the UI on the front end
 
 
+def test_components_load_only_their_networks(split_servers):
+    loaded = {name: httpx.get(s.url + "/api/v1/models").json()["loaded_networks"] for name, s in split_servers.items()}
+    assert loaded == {"text_encoder": ["text_encoder"], "diffusion": ["unet"], "decoder": ["decoder", "encoder"],
+                      "frontend": [], "all": ["text_encoder", "unet", "decoder", "encoder"]}
+
+
 def test_mode2_three_endpoints_equal_mode1(client, split_servers):
     one = httpx.post(split_servers["all"].url + "/api/v1/txt2img", json=REQUEST, timeout=120)
     two = httpx.post(split_servers["frontend"].url + "/api/v1/txt2img", json=REQUEST, timeout=120)

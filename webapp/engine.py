@@ -93,6 +93,8 @@ class LocalEngine:
             self.current = name
 
     def info(self) -> dict:
+        from models.checkpoints.assemble import PARTS, is_loaded
+
         p = self.pipe
         tok = p.tokenizer
         return {
@@ -110,6 +112,8 @@ class LocalEngine:
             "max_tokens": tok.max_length - 2,
             "inpainting_unet": bool(p.unet.config.is_inpainting),
             "has_image_encoder": p.encoder is not None,
+            # a component server loads only its stage's networks (webapp.server.NETWORKS)
+            "loaded_networks": [n for n in PARTS if is_loaded(getattr(p.components, n))],
         }
 
     def count_tokens(self, text: str) -> int:

@@ -22,6 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPONENTS = ("all", "text_encoder", "diffusion", "decoder")
 STAGES = {"all": {"text_encoder", "diffusion", "decoder", "pipeline"}, "text_encoder": {"text_encoder"},
           "diffusion": {"diffusion"}, "decoder": {"decoder"}}
+# The networks each server loads: a component server holds only its own stage's (the decoder
+# server also hosts /encode_image, the VAE encoder).
+NETWORKS = {"all": None, "text_encoder": ("text_encoder",), "diffusion": ("unet",), "decoder": ("decoder", "encoder")}
 log = logging.getLogger("webapp")
 
 
@@ -83,7 +86,7 @@ class Server:
 
         from .engine import LocalEngine
 
-        pipe = load_pipeline(c.model, unet=c.unet)
+        pipe = load_pipeline(c.model, unet=c.unet, parts=NETWORKS[c.component])
         name = os.path.basename(os.path.normpath(c.model)) if c.model != "tiny" else "tiny"
         return LocalEngine(pipe, base_name=name, models_dir=c.models_dir)
 

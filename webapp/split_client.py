@@ -69,7 +69,7 @@ class RemoteEngine:
                 self._info = r.json()
             except httpx.HTTPError as e:
                 raise ApiError(502, "upstream_unreachable", f"the diffusion endpoint is unreachable: {e}") from None
-        return dict(self._info)
+        return {**self._info, "loaded_networks": []}  # a front end runs no network itself
 
     def model_names(self):
         return self.info()["models"]

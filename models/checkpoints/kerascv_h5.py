@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from ..config import KERAS_CV_UNET, KERAS_CV_VAE, TextEncoderConfig, UNetConfig, VAEConfig
-from .assemble import build_text_encoder, build_unet, build_vae
+from .assemble import NotLoaded, build_text_encoder, build_unet, build_vae, wanted
 from .errors import CheckpointError, CheckpointMismatchError
 from .safetensors_io import _require_file
 
@@ -416,12 +416,16 @@ def load_kerascv_folder(folder, *, match_kerascv=True, dtype=None):
     missing = [FILE_NAMES[k][0] for k in ("text_encoder", "diffusion_model", "decoder") if paths[k] is None]
     if missing:
         raise CheckpointError(f"{folder} is missing the KerasCV files {missing}")
-    sds = {kind: read_kerascv_h5(p, (kind,), configs)[1] for kind, p in paths.items() if p is not None}
+    part = {"text_encoder": "text_encoder", "diffusion_model": "unet", "decoder": "decoder", "image_encoder": "encoder"}
+    sds = {kind: read_kerascv_h5(p, (kind,), configs)[1] if wanted(part[kind]) else {}  # (h5 reads are eager)
+           for kind, p in paths.items() if p is not None}
     text_encoder = build_text_encoder(configs["text_encoder"], sds["text_encoder"], dtype=dtype,
                                       what=paths["text_encoder"])
     unet = build_unet(configs["diffusion_model"], sds["diffusion_model"], dtype=dtype, what=paths["diffusion_model"])
     vae_sd = {**sds["decoder"], **sds.get("image_encoder", {})}
     encoder, decoder = build_vae(configs["decoder"], vae_sd, dtype=dtype, what=f"KerasCV VAE in {folder}")
+    if encoder is None and paths["image_encoder"] is not None and not wanted("encoder"):
+        encoder = NotLoaded("encoder", configs["decoder"], dtype)
     return Components(
         text_encoder=text_encoder, unet=unet, decoder=decoder, encoder=encoder,
         tokenizer=load_tokenizer_folder(None), vae_config=configs["decoder"], schedule=load_schedule(None),
