@@ -139,6 +139,21 @@ def test_pipeline_memory_from_a_checkpoint(tmp_path, capsys):
     assert "loaded " in capsys.readouterr().out
 
 
+def test_component_memory_tiny(tmp_path, capsys):
+    from bench.component_memory import main
+
+    out = tmp_path / "cm.json"
+    assert main(["--model", "tiny", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    networks = {s["role"]: s["networks"] for s in res["servers"]}
+    assert networks == {"all": ["text_encoder", "unet", "decoder", "encoder"], "text_encoder": ["text_encoder"],
+                        "diffusion": ["unet"], "decoder": ["decoder", "encoder"]}
+    params = {s["role"]: s["params_m"] for s in res["servers"]}
+    assert params["all"] == pytest.approx(params["text_encoder"] + params["diffusion"] + params["decoder"], abs=0.2)
+    assert all(s["peak_rss_gb"] > 0 for s in res["servers"]) and res["split_total_rss_gb"] > 0
+    assert "three component servers together" in capsys.readouterr().out
+
+
 def _has(module):
     try:
         __import__(module)
