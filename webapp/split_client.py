@@ -4,10 +4,17 @@ A front end started with --text-encoder-url, --diffusion-url and --decoder-url u
 RemoteEngine in place of a LocalEngine; webapp.frontend then chains the same four stages,
 so txt2img gives the image the all-in-one server gives. Tensors travel float32 by default
 (exact); dtype="float16" halves the bytes at a small numerical cost.
+
+A call made for a job (the front end's Gate) watches the job while it waits: when the user
+presses Stop, the browser leaves or the time limit passes, the connection is dropped, and the
+stage server, which cancels work whose client went away, stops at its next denoising step
+instead of finishing a run nobody will see.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 import httpx
@@ -39,13 +46,16 @@ class RemoteEngine:
         self._tokenizer = None
 
     # -- plumbing ------------------------------------------------------------------------
-    def _post(self, stage, path, *, params=None, json_body=None, content=None, accept=None):
+    POLL_S = 0.1  # how often a call made for a job checks whether the job was cancelled
+
+    def _post(self, stage, path, *, params=None, json_body=None, content=None, accept=None, job=None):
         headers = {"Content-Type": wire.MEDIA_TYPE} if content is not None else {}
         if accept:
             headers["Accept"] = accept
+        request = dict(url=f"{self.urls[stage]}{path}", params=params, json=json_body, content=content,
+                       headers=headers)
         try:
-            r = self.client.post(f"{self.urls[stage]}{path}", params=params, json=json_body, content=content,
-                                 headers=headers)
+            r = self.client.post(**request) if job is None else asyncio.run(self._post_for_job(request, job))
         except httpx.HTTPError as e:
             raise ApiError(502, "upstream_unreachable", f"the {stage} endpoint is unreachable: {e}") from None
         self.bytes_sent += len(r.request.content or b"")
@@ -60,6 +70,22 @@ class RemoteEngine:
             headers = {"Retry-After": r.headers["retry-after"]} if "retry-after" in r.headers else None
             raise ApiError(status, code, f"{stage} endpoint: {message}", headers)
         return r
+
+    async def _post_for_job(self, request: dict, job):
+        """The POST, abandoned (connection closed) as soon as `job.check()` raises."""
+        async with httpx.AsyncClient(headers=self.client.headers, timeout=self.client.timeout) as client:
+            call = asyncio.ensure_future(client.post(**request))
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=self.POLL_S)
+                if done:
+                    return call.result()
+                try:
+                    job.check()
+                except BaseException:
+                    call.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                        await call
+                    raise
 
     def info(self) -> dict:
         if self._info is None:
@@ -91,7 +117,8 @@ class RemoteEngine:
 
     # -- the four stages -----------------------------------------------------------------
     def encode(self, prompts, job=None) -> Encoded:
-        r = self._post("text_encoder", "/api/v1/encode", json_body={"prompts": list(prompts), "dtype": self.dtype})
+        r = self._post("text_encoder", "/api/v1/encode", json_body={"prompts": list(prompts), "dtype": self.dtype},
+                       job=job)
         tensors, meta = wire.decode(r.content)
         return Encoded(tensors["context"].astype(np.float32), json.loads(meta["token_counts"]),
                        json.loads(meta["truncated"]))
@@ -113,18 +140,18 @@ class RemoteEngine:
         for k, v in (("seed", seed), ("scheduler", scheduler), ("height", height), ("width", width), ("model", model)):
             if v is not None:
                 params[k] = v
-        r = self._post("diffusion", "/api/v1/diffuse", params=params, content=wire.encode(tensors))
+        r = self._post("diffusion", "/api/v1/diffuse", params=params, content=wire.encode(tensors), job=job)
         out, meta = wire.decode(r.content)
         return Generated(out["latents"].astype(np.float32), json.loads(meta["seeds"]), json.loads(meta["parameters"]))
 
     def decode(self, latents, job=None) -> np.ndarray:
         dt = np.float16 if self.dtype == "float16" else np.float32
         r = self._post("decoder", "/api/v1/decode", content=wire.encode({"latents": np.asarray(latents, dt)}),
-                       accept=wire.MEDIA_TYPE)
+                       accept=wire.MEDIA_TYPE, job=job)
         return wire.decode(r.content)[0]["images"]
 
     def encode_image(self, images, job=None) -> np.ndarray:
         images = np.asarray(images)
         images = images if images.dtype == np.uint8 else images.astype(np.float32)  # float: [-1, 1]
-        r = self._post("decoder", "/api/v1/encode_image", content=wire.encode({"image": images}))
+        r = self._post("decoder", "/api/v1/encode_image", content=wire.encode({"image": images}), job=job)
         return wire.decode(r.content)[0]["image_latents"].astype(np.float32)
