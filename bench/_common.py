@@ -153,6 +153,14 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
+def save_result(path, data):
+    """How a benchmark's main() ends: the result JSON written to `path` (nothing when it is
+    empty), and where it went."""
+    write_json(path, data)
+    if path:
+        print(f"wrote {path}")
+
+
 def quiet_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -78,9 +78,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     res = run(args.model)
     print(format_report(res))
-    C.write_json(args.out, res)
-    if args.out:
-        print(f"wrote {args.out}")
+    C.save_result(args.out, res)
     return 0
 
 

@@ -72,9 +72,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     res = run(max(1, args.repeats))
     print("\n".join(format_row(r) for r in res["rows"]))
-    C.write_json(args.out, res)
-    if args.out:
-        print(f"wrote {args.out}")
+    C.save_result(args.out, res)
     return 0
 
 

@@ -25,7 +25,7 @@ import os
 import tempfile
 import time
 
-from ._common import CpuMeter, loadavg, machine_info, median, quiet_tf, r, wait_quiet, write_json
+from ._common import CpuMeter, loadavg, machine_info, median, quiet_tf, r, save_result, wait_quiet
 
 DEFAULT_OUT = os.path.join("bench", "results", "export_latency.json")
 
@@ -213,8 +213,7 @@ def main(argv=None):
     out = args.out
     if args.full_size and out == DEFAULT_OUT:
         out = out.replace(".json", "_full_size.json")
-    write_json(out, result)
-    print(f"wrote {out}")
+    save_result(out, result)
 
 
 if __name__ == "__main__":

@@ -161,9 +161,7 @@ def main(argv=None):
     res = run(size, args.steps, max(1, args.repeats), args.tiny, args.jit_compile, args.scheduler,
               args.guidance_batching, args.dtype, args.checkpoint)
     print(format_report(res))
-    C.write_json(args.out, res)
-    if args.out:
-        print(f"wrote {args.out}")
+    C.save_result(args.out, res)
     return 0
 
 

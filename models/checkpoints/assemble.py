@@ -120,14 +120,18 @@ def has_encoder(state_dict: dict) -> bool:
     return any(k.startswith(_ENCODER_PREFIXES) for k in state_dict)
 
 
-def build_vae(config: VAEConfig, state_dict: dict, *, dtype=None, what="VAE"):
-    """(encoder or None, decoder): a checkpoint without encoder weights still decodes."""
+def build_vae(config: VAEConfig, state_dict: dict, *, dtype=None, what="VAE", with_encoder: bool | None = None):
+    """(encoder or None, decoder): a checkpoint without encoder weights still decodes.
+    `with_encoder`: whether the checkpoint has an encoder, where `state_dict` cannot tell (a
+    loader that did not read the encoder's weights because it is not wanted); None: its keys say."""
     from ..vae import VAEDecoder, VAEEncoder
 
+    if with_encoder is None:
+        with_encoder = has_encoder(state_dict)
     with dtype_policy(dtype), uninitialized():
         decoder = VAEDecoder(config) if wanted("decoder") else NotLoaded("decoder", config, dtype)
         encoder = None
-        if has_encoder(state_dict):
+        if with_encoder:
             encoder = VAEEncoder(config) if wanted("encoder") else NotLoaded("encoder", config, dtype)
     pairs = [(model, "") for model in (decoder, encoder) if is_loaded(model)]
     if pairs:  # the keys of a network left out are neither checked nor read

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from ..config import KERAS_CV_UNET, KERAS_CV_VAE, TextEncoderConfig, UNetConfig, VAEConfig
-from .assemble import NotLoaded, build_text_encoder, build_unet, build_vae, wanted
+from .assemble import build_text_encoder, build_unet, build_vae, wanted
 from .errors import CheckpointError, CheckpointMismatchError
 from .safetensors_io import _require_file
 
@@ -423,9 +423,8 @@ def load_kerascv_folder(folder, *, match_kerascv=True, dtype=None):
                                       what=paths["text_encoder"])
     unet = build_unet(configs["diffusion_model"], sds["diffusion_model"], dtype=dtype, what=paths["diffusion_model"])
     vae_sd = {**sds["decoder"], **sds.get("image_encoder", {})}
-    encoder, decoder = build_vae(configs["decoder"], vae_sd, dtype=dtype, what=f"KerasCV VAE in {folder}")
-    if encoder is None and paths["image_encoder"] is not None and not wanted("encoder"):
-        encoder = NotLoaded("encoder", configs["decoder"], dtype)
+    encoder, decoder = build_vae(configs["decoder"], vae_sd, dtype=dtype, what=f"KerasCV VAE in {folder}",
+                                 with_encoder=paths["image_encoder"] is not None)
     return Components(
         text_encoder=text_encoder, unet=unet, decoder=decoder, encoder=encoder,
         tokenizer=load_tokenizer_folder(None), vae_config=configs["decoder"], schedule=load_schedule(None),
