@@ -37,9 +37,28 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+# The instruction-set flags that decide which kernels oneDNN and XLA run (and so the speed
+# and the last-bit rounding of every result); /proc/cpuinfo lists a hundred more.
+KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """The KERNEL_FLAGS this processor has (empty where /proc/cpuinfo is not readable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in KERNEL_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info():
-    info = {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    info = {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+            "platform": platform.platform(), "python": platform.python_version()}
     try:
         import psutil
 

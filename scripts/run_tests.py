@@ -50,6 +50,15 @@ def warn_if_short_of_disk():
               flush=True)
 
 
+def print_machine():
+    """Float results round differently on other processors: a failure report says where it ran."""
+    sys.path.insert(0, str(ROOT))
+    from bench._common import cpu_flags, cpu_model
+
+    print(f"test machine: {cpu_model()}, {os.cpu_count()} cores; kernel flags: {' '.join(cpu_flags()) or 'unknown'}",
+          flush=True)
+
+
 def run_file(path, extra):
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *extra,
@@ -79,6 +88,7 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2)
     args, extra = p.parse_known_args(argv)
     light, heavy = test_files()
+    print_machine()
     warn_if_short_of_disk()
     total, done, failed = len(light) + len(heavy), 0, []
     t0 = time.perf_counter()

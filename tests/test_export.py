@@ -28,6 +28,11 @@ BOUNDS = {"float32": 1e-4, "float16": 1e-2, "int8": 0.25}
 # 1.05e-2 at t=981 (fp16-rounded weights alone: 8.5e-4); the trained tiny UNet shows 7e-5.
 # A hi/lo split of that table in models/unet.py would remove it; until then a wider bound.
 STEP_FLOAT16_BOUND = 2e-2
+# A whole sampling loop exported as a SavedModel (or compiled by XLA) against the pipeline's
+# loop: other batch shapes, so other oneDNN kernels, and XLA's fused, reordered arithmetic.
+# Several steps compound the rounding: 1.03e-4 was seen for the XLA loop on an Intel Xeon where
+# an AMD EPYC gave under 1e-4. A wrong step, schedule, seed or guidance is off by 1e-1 or more.
+LOOP_BOUND = 1e-3
 
 
 def rel_err(a, b):
@@ -176,7 +181,7 @@ def test_diffusion_savedmodel_reproduces_pipeline(loaded, pipe, manifest, schedu
         ref = pipe.generate(prompt, seed=seed, num_steps=steps, guidance_scale=guidance, scheduler=scheduler)
         err = rel_err(row, ref.latents[0])
         print(f"savedmodel diffusion {scheduler} seed={seed}: rel err {err:.2e}")
-        assert err < 1e-4
+        assert err < LOOP_BOUND
 
 
 def test_diffusion_batch_of_consecutive_seeds_equals_pipeline_batch(loaded, pipe):

@@ -16,7 +16,7 @@ def test_same_seed_same_image_and_different_seed_differs(tiny_pipeline):
     b = tiny_pipeline.text_to_image(PROMPT, num_steps=3, seed=11)
     c = tiny_pipeline.text_to_image(PROMPT, num_steps=3, seed=12)
     assert a.dtype == np.uint8 and a.shape == (1, 64, 64, 3)
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # the same graph on the same shapes in one process: bit-for-bit
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 1
 
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from models.png_info import read_parameters
+from tests.image_checks import assert_images_close
 from tests.webapp_helpers import PROMPT, REPO, client, engine, make_app, png, post_wire, tensors  # noqa: F401
 from webapp import wire
 
@@ -104,7 +105,9 @@ def test_decode_png_json_and_tensor(client, engine):
     want = engine.decode(lat)
     r = post_wire(client, "/api/v1/decode", tensors(latents=lat[:1]))
     assert r.headers["content-type"] == "image/png"
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want[0])
+    assert_images_close(np.asarray(Image.open(io.BytesIO(r.content))), want[0],
+                        "a batch of 1 and a batch of 2 may take different oneDNN kernels")
+    # the same batch of 2 through the same graph: bit-for-bit
     r = post_wire(client, "/api/v1/decode", tensors(latents=lat))
     pngs = r.json()["images"]
     assert len(pngs) == 2
@@ -145,6 +148,7 @@ def test_txt2img_pngs_carry_parameters(client, engine):
 def test_txt2img_matches_pipeline(client, engine):
     r = client.post("/api/v1/txt2img", json={"prompt": PROMPT, "steps": 4, "seed": 9}, headers={"accept": "image/png"})
     want = engine.pipe.generate(PROMPT, num_steps=4, seed=9, callback=lambda *a: None).images[0]
+    # the REST chain and the pipeline run the same graphs on the same shapes in this process
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want)
 
 
@@ -169,7 +173,7 @@ def test_inpaint_pastes_back_and_matches_pipeline(client, engine, source_image):
     assert np.abs(out[mask > 0].astype(int) - source_image[mask > 0]).mean() > 5  # masked part repainted
     want = engine.pipe.inpaint("a green square on a blue background", source_image, mask, num_steps=4, seed=3,
                                callback=lambda *a: None)[0]
-    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(out, want)  # same graphs, same shapes, same process
 
 
 def test_inpaint_polarity_invert_and_transparent_mask(client, source_image):
