@@ -136,10 +136,11 @@ class StableDiffusionPipeline:
         self._loops.clear()
 
     # -- the four primitives -------------------------------------------------------------
-    def encode_text(self, prompts) -> np.ndarray:
+    def encode_text(self, prompts, check=None) -> np.ndarray:
+        """``check`` is passed to the tokenizer so a cancel can interrupt a long prompt."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        ids = self.tokenizer.tokenize(list(prompts))
+        ids = self.tokenizer.tokenize(list(prompts), check=check)
         _require(self.text_encoder)
         return self._encode(tf.constant(ids)).numpy().astype(np.float32)
 

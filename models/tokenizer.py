@@ -7,6 +7,7 @@ pre-tokenizer regex, same merges. It is pure Python + numpy so it runs without T
 
 import functools
 import gzip
+import heapq
 import html
 import json
 import os
@@ -26,13 +27,15 @@ _SPLIT = regex.compile(
     regex.IGNORECASE,
 )
 _SPACES = regex.compile(r"\s+")
+# The word cache is bounded in entries and in word length, so prompts cannot grow it without limit.
+_CACHE_WORDS, _CACHED_WORD_CHARS = 20_000, 64
 
 
 class TruncationWarning(UserWarning):
     """Raised (as a warning) when a prompt is cut to fit the text encoder's context."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=1)  # no arguments: one entry
 def bytes_to_unicode():
     """Map every byte to a printable character, so BPE never has to handle raw whitespace or
     control bytes yet any UTF-8 input stays representable (no unknown tokens)."""
@@ -102,40 +105,76 @@ class CLIPTokenizer:
             max_length = 77
         return cls(vocab=vocab, merges=merges, max_length=max_length, pad_id=vocab[pad_token])
 
-    def _bpe(self, word):
+    def _bpe(self, word, check=None):
         """Merge adjacent symbols in merge-rank order; the last symbol carries the end-of-word
-        marker because CLIP's vocabulary distinguishes word-final pieces."""
-        cached = self._cache.get(word)
-        if cached is not None:
-            return cached
-        parts = list(word[:-1]) + [word[-1] + EOW]
-        while len(parts) > 1:
-            pairs = {(a, b) for a, b in zip(parts, parts[1:])}
-            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
-            if best not in self.ranks:
-                break
-            merged, i = [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        if len(self._cache) > 100_000:  # prompts are user input: keep memory bounded
-            self._cache.clear()
-        self._cache[word] = parts
-        return parts
+        marker because CLIP's vocabulary distinguishes word-final pieces.
 
-    def encode(self, text):
+        Prompts are user input, so this must stay cheap on a hostile 24 000-character "word":
+        instead of rescanning the whole word for the best pair after every merge (quadratic),
+        the candidate pairs sit in a heap keyed by (rank, position) over a linked list of
+        symbols, which is O(n log n). Popping in that order merges every occurrence of the best
+        pair left to right, as the rescan did; pairs a merge creates wait until that rank is
+        done, so the ids are the same even for a merges file whose ranks are out of order.
+        """
+        syms = list(word[:-1]) + [word[-1] + EOW]
+        nxt = list(range(1, len(syms) + 1))  # len(syms) = no next symbol
+        prv = list(range(-1, len(syms) - 1))
+        ranks = self.ranks
+        heap = [(ranks[p], i) for i, p in enumerate(zip(syms, syms[1:])) if p in ranks]
+        heapq.heapify(heap)
+        pending, current, pops = [], None, 0
+        while heap or pending:
+            if not heap or heap[0][0] != current:  # this rank is done: queue the pairs it made
+                for entry in pending:
+                    heapq.heappush(heap, entry)
+                pending, current = [], heap[0][0]
+            rank, i = heapq.heappop(heap)
+            pops += 1
+            if check is not None and pops % 4096 == 0:
+                check()
+            j = nxt[i]
+            if syms[i] is None or j >= len(syms) or ranks.get((syms[i], syms[j])) != rank:
+                continue  # stale: one side was merged since this pair was queued
+            syms[i], syms[j] = syms[i] + syms[j], None
+            nxt[i] = nxt[j]
+            if nxt[i] < len(syms):
+                prv[nxt[i]] = i
+                pair = (syms[i], syms[nxt[i]])
+                if pair in ranks:
+                    pending.append((ranks[pair], i))
+            if prv[i] >= 0:
+                pair = (syms[prv[i]], syms[i])
+                if pair in ranks:
+                    pending.append((ranks[pair], prv[i]))
+        return [s for s in syms if s is not None]
+
+    def _word_ids(self, word, check=None):
+        """Prompts repeat words, so their ids are cached; as ids, not strings, since single-byte
+        ids are shared small ints, which keeps the worst case (random bytes) near 15 MB."""
+        ids = self._cache.get(word)
+        if ids is None:
+            ids = tuple(self.encoder[p] for p in self._bpe(word, check))
+            if len(word) <= _CACHED_WORD_CHARS:  # long words are rare and cheap to redo now
+                if len(self._cache) >= _CACHE_WORDS:
+                    self._cache.clear()
+                self._cache[word] = ids
+        return ids
+
+    def encode(self, text, check=None):
+        """Token ids without start/end. ``check``, if given, is called every few hundred words
+        and merges and may raise (the web app passes its job's check, so Stop and the time
+        limit interrupt a long prompt)."""
+        if check is not None:
+            check()
         ids = []
-        for piece in _SPLIT.findall(clean_text(text)):
+        for n, piece in enumerate(_SPLIT.findall(clean_text(text))):
+            if check is not None and n % 256 == 0:
+                check()
             if piece in (START_TOKEN, END_TOKEN):
                 ids.append(self.encoder[piece])
                 continue
             word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
-            ids.extend(self.encoder[p] for p in self._bpe(word))
+            ids.extend(self._word_ids(word, check))
         return ids
 
     def decode(self, ids):
@@ -148,16 +187,16 @@ class CLIPTokenizer:
         data = bytes(self.byte_decoder[c] for c in text)
         return data.decode("utf-8", errors="replace").replace(EOW, " ").strip()
 
-    def count_tokens(self, text):
-        return len(self.encode(text))
+    def count_tokens(self, text, check=None):
+        return len(self.encode(text, check))
 
-    def tokenize(self, texts, *, warn=True):
+    def tokenize(self, texts, *, warn=True, check=None):
         if isinstance(texts, str):
             texts = [texts]
         limit = self.max_length - 2
         out = np.full((len(texts), self.max_length), self.pad_id, dtype=np.int32)
         for row, text in enumerate(texts):
-            ids = self.encode(text)
+            ids = self.encode(text, check)
             if len(ids) > limit:
                 if warn:
                     dropped = len(ids) - limit
@@ -192,7 +231,7 @@ class CLIPTokenizer:
             json.dump(config, f, ensure_ascii=False, indent=2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=1)  # no arguments: one entry
 def default_tokenizer():
     """Building the rank table takes ~0.1 s and ~20 MB; share one instance per process."""
     return CLIPTokenizer()

@@ -10,6 +10,7 @@ import html
 import json
 import os
 import random
+import time
 import warnings
 
 import ftfy
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import regex
 
+from models import tokenizer as tokenizer_module
 from models.tokenizer import CLIPTokenizer, TruncationWarning, default_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,6 +74,33 @@ HAND_WRITTEN = [
     "red, green, blue, " * 30,
 ]
 
+# Hostile or odd input: long words and runs (the merge order matters most there), every script.
+ADVERSARIAL = [
+    "a" * 1000,
+    "a" * 1001 + " " + "aa" * 333,
+    "ab" * 700,
+    "lol" * 500 + "l",
+    "xyzzy" * 300,
+    "abcdefghijklmnopqrstuvwxyz" * 40,
+    "supercalifragilistic" * 60,
+    "!" * 900,
+    "!?" * 400 + ".,;:" * 100,
+    "-_=+*&^%$#@~`|\\/<>[]{}()" * 30,
+    "'s't're've'm'll'd" * 40,
+    "..." * 300 + "a" + "…" * 200,
+    "🐱" * 300,
+    "👩‍🚀👍🏽🇫🇷❤️" * 60,
+    "東京" * 400,
+    "ab東京cd🐱ef" * 80,
+    "ΟΔΥΣΣΕΥΣ" * 80 + "σοφία" * 50,
+    "Москваabc" * 100,
+    "e\u0301" * 300 + "ñ" * 200,
+    "ﬁﬂﬃ" * 150,
+    "x\u200by" * 300,
+    "1234567890" * 50 + "a1b2c3" * 50,
+    "aaab" * 300 + "baaa" * 300,
+]
+
 WORDS = (
     "a an the of in on with and photo painting portrait cat dog astronaut horse mars castle "
     "forest sunset neon cyberpunk city rain highly detailed digital art concept 4k 8k hdr "
@@ -100,7 +129,7 @@ def generated_prompts(count=220, seed=1234):
     return prompts
 
 
-PROMPTS = HAND_WRITTEN + generated_prompts()
+PROMPTS = HAND_WRITTEN + generated_prompts()  # ADVERSARIAL is tested on its own
 
 
 def slow_clean(text):
@@ -248,3 +277,109 @@ def test_transformers_reads_sd2_padding(tmp_path):
 
 def test_default_tokenizer_is_shared():
     assert default_tokenizer() is default_tokenizer()
+
+
+def test_adversarial_matches_transformers(tok, hf_tok):
+    for prompt in ADVERSARIAL:
+        ids = tok.encode(prompt)
+        assert ids == hf_tok(slow_clean(prompt), add_special_tokens=False).input_ids, repr(prompt[:40])
+        assert tok.count_tokens(prompt) == len(ids)
+
+
+def rescan_bpe(ranks, word):
+    """The old quadratic BPE (rescan every pair after each merge), kept as an independent oracle."""
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+        best = min(zip(parts, parts[1:]), key=lambda p: ranks.get(p, float("inf")))
+        if best not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(parts):
+            if parts[i : i + 2] == list(best):
+                merged.append(best[0] + best[1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return parts
+
+
+def test_heap_bpe_matches_rescan(tok):
+    rng = random.Random(7)
+    alphabet = "aabbeellnorst"
+    for _ in range(400):
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))
+        assert tok._bpe(word) == rescan_bpe(tok.ranks, word), word
+    # Ranks out of merge order (a later merge ranked before the one that makes its symbol): the
+    # heap must still finish each rank before the pairs it creates, as the rescan does.
+    merges = ["aa a", "a a", "b a", "aa b", "aaa a"]
+    toy = CLIPTokenizer(vocab=dict(tok.encoder), merges=merges)
+    for _ in range(300):
+        word = "".join(rng.choice("aab") for _ in range(rng.randint(1, 40)))
+        assert toy._bpe(word) == rescan_bpe(toy.ranks, word), word
+
+
+def test_long_word_is_fast(tok):
+    """A single 24 000-character word took 26 s with the rescan BPE (held the model slot)."""
+    rng = random.Random(0)
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(24_000))
+    for text in (word, "a" * 24_000, "!?" * 12_000):
+        start = time.perf_counter()
+        n = tok.count_tokens(text)
+        assert time.perf_counter() - start < 2.0 and n > 1000
+    assert len(tok._cache) <= tokenizer_module._CACHE_WORDS
+    assert all(len(w) <= tokenizer_module._CACHED_WORD_CHARS for w in tok._cache)
+
+
+def test_check_is_called_and_its_exception_propagates(tok):
+    class Stop(Exception):
+        pass
+
+    calls = []
+    tok.encode("a photo of a cat", check=lambda: calls.append(1))
+    assert calls  # called even for a short prompt (before any work)
+
+    def stop_after(n):
+        def check():
+            calls.append(1)
+            if len(calls) > n:
+                raise Stop
+        return check
+
+    rng = random.Random(1)
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(24_000))
+    for text in (word, "a cat, " * 2000):  # one long word (merges), many words
+        calls.clear()
+        with pytest.raises(Stop):
+            tok.tokenize([text], check=stop_after(2), warn=False)
+        assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(Stop):
+        tok.count_tokens(word, check=stop_after(1))
+    assert tok.tokenize("a cat", check=lambda: None).tolist() == tok.tokenize("a cat").tolist()
+
+
+def test_engine_encode_passes_the_job_check(tok):
+    """LocalEngine.encode tokenizes with job.check, so Stop / the time limit reach a long prompt."""
+    import threading
+    from types import SimpleNamespace
+
+    from webapp.engine import LocalEngine
+
+    class Stop(Exception):
+        pass
+
+    class StoppedJob:
+        def check(self):
+            raise Stop
+
+    encoded = []
+    pipe = SimpleNamespace(tokenizer=tok, encode_text=lambda prompts, check=None: encoded.append(check))
+    engine = SimpleNamespace(pipe=pipe, lock=threading.Lock())
+    with pytest.raises(Stop):
+        LocalEngine.encode(engine, ["x" * 24_000], job=StoppedJob())
+    assert encoded == []  # stopped before the model slot was taken
+    job = SimpleNamespace(check=lambda: None)
+    LocalEngine.encode(engine, ["a cat"], job=job)
+    assert encoded == [job.check]

@@ -123,10 +123,11 @@ class LocalEngine:
     def encode(self, prompts: list, job=None) -> Encoded:
         tok = self.pipe.tokenizer
         limit = tok.max_length - 2
-        counts = [tok.count_tokens(p) for p in prompts]
+        check = job.check if job is not None else None  # Stop and the time limit reach tokenization
+        counts = [tok.count_tokens(p, check=check) for p in prompts]
         with self.lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            context = self.pipe.encode_text(list(prompts))
+            context = self.pipe.encode_text(list(prompts), check=check)
         return Encoded(context, counts, [max(0, n - limit) for n in counts])
 
     def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
