@@ -118,9 +118,16 @@ def build_routers(server) -> list:
             raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {server.engine.model_names()}")
 
     # -- info ----------------------------------------------------------------------------
-    @open_router.get("/health", summary="Liveness and queue state (no token needed)")
+    @open_router.get("/health", summary="Liveness and queue state (no token needed); on a front end also its "
+                     "stage servers' health", responses={503: {"description": "a front end with a stage server down "
+                                                                "or failing: the same body, status 'unavailable'"}})
     async def health():
-        return {"status": "ok", "component": server.component, "queue": server.gate.stats()}
+        body = {"status": "ok", "component": server.component, "queue": server.gate.stats()}
+        if getattr(server.engine, "remote", False):  # a front end is up only when its stage servers are
+            body["upstreams"] = await server.engine.upstream_health()
+            if any(u["status"] != "ok" for u in body["upstreams"].values()):
+                return JSONResponse({**body, "status": "unavailable"}, status_code=503)
+        return body
 
     @router.get("/models", summary="Base and fine-tuned diffusion models, latent and context facts")
     async def models():
@@ -227,6 +234,8 @@ def build_routers(server) -> list:
                 raise ApiError(400, "bad_image", "send tensor `image` as U8 [B, H, W, 3] (or F32 in [-1, 1])")
             if images.dtype != np.uint8 and np.abs(images).max(initial=0) > 1.0:
                 raise ApiError(400, "bad_image", "a float `image` must hold values in [-1, 1]")
+        if images.shape[0] < 1:
+            raise ApiError(400, "wrong_shape", "tensor `image` holds no images (batch 0)")
         check_batch(images.shape[0])
         _check_pixels(images.shape[1], images.shape[2], server.engine.info(), L)
         latents = await server.gate.run(lambda job: server.engine.encode_image(images, job=job), request)

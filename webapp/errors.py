@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from .wire import WireError
 
@@ -55,7 +56,40 @@ def error_responses(*statuses: int) -> dict:
             for s in statuses}
 
 
+class ApiPathsMiddleware:
+    """ASGI middleware: every path under /api/ belongs to the REST API. The Gradio UI is mounted
+    at "/" and would answer an unknown /api path itself ({"detail": "Not Found"}); here a path
+    that no API route matches gets the error envelope: 404, or 405 when only the method is wrong.
+    Routes are looked up per request, so those added after install() count too."""
+
+    def __init__(self, app, router, prefix: str = "/api/"):
+        self.app, self.router, self.prefix = app, router, prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            best = Match.NONE
+            for route in self.router.routes:
+                if isinstance(route, Mount) and route.path == "":
+                    continue  # the UI at "/" matches everything
+                match = route.matches(dict(scope))[0]
+                if match == Match.FULL:
+                    best = match
+                    break
+                if match == Match.PARTIAL:
+                    best = match
+            if best == Match.NONE:
+                response = error_response(404, "not_found", f"no API endpoint {scope['path']}; see /api/docs")
+                return await response(scope, receive, send)
+            if best == Match.PARTIAL:
+                response = error_response(405, "method_not_allowed",
+                                          f"{scope['method']} is not allowed on {scope['path']}; see /api/docs")
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(ApiPathsMiddleware, router=app.router)
+
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)

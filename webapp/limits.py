@@ -166,32 +166,55 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-class BodyLimitMiddleware:
-    """ASGI middleware: 413 for any /api request whose body exceeds the limit (by header or by
-    counting streamed bytes), before a route or a multipart parser buffers it."""
+class BodyTooLarge(Exception):
+    """Raised from BodyLimitMiddleware's receive once the streamed body passes the limit."""
 
-    def __init__(self, app, limit: int, prefix: str = "/api/"):
-        self.app, self.limit, self.prefix = app, limit, prefix
+
+class BodyLimitMiddleware:
+    """ASGI middleware: 413 for any request (the API, Gradio's routes and uploads, static files)
+    whose body exceeds the limit, by Content-Length or by counting a chunked body's bytes as
+    they stream in, before a route or a multipart parser buffers it.
+
+    A chunked body is only found too large while the app reads it, and the app may turn the
+    error raised from `receive` into an answer of its own (FastAPI: 400 "error parsing the
+    body"); so once over the limit, whatever the app sends is dropped and the 413 goes out."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
+        length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await self._reject(send)
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise ApiError(413, "body_too_large", f"request body is over the {self.limit}-byte limit")
+                    over = True
+            if over:
+                raise BodyTooLarge()
             return message
 
-        return await self.app(scope, limited, send)
+        async def guarded(message):
+            nonlocal started
+            if over:
+                return  # the app's answer to a body it could not read; the 413 replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await self._reject(send)
 
     async def _reject(self, send):
         import json
@@ -199,5 +222,6 @@ class BodyLimitMiddleware:
         body = json.dumps({"error": {"code": "body_too_large",
                                      "message": f"request body is over the {self.limit}-byte limit"}}).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

@@ -9,6 +9,11 @@ A call made for a job (the front end's Gate) watches the job while it waits: whe
 presses Stop, the browser leaves or the time limit passes, the connection is dropped, and the
 stage server, which cancels work whose client went away, stops at its next denoising step
 instead of finishing a run nobody will see.
+
+The diffusion server's model facts are cached for INFO_TTL_S (a fine-tune added to its models
+folder shows up; an unknown model name refreshes them at once), and the front end's health
+check asks the three servers each time (`upstream_health`), so a load balancer sees a front
+end whose stages are down as down.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 
 import httpx
 import numpy as np
@@ -42,7 +48,7 @@ class RemoteEngine:
         self.client = httpx.Client(headers=headers, timeout=timeout_s)
         self.bytes_sent = 0
         self.bytes_received = 0
-        self._info = None
+        self._info, self._info_at = None, 0.0
         self._tokenizer = None
 
     # -- plumbing ------------------------------------------------------------------------
@@ -87,15 +93,40 @@ class RemoteEngine:
                         await call
                     raise
 
-    def info(self) -> dict:
-        if self._info is None:
+    INFO_TTL_S = 30.0  # how long the diffusion server's model list and facts are reused
+    HEALTH_TIMEOUT_S = 2.0  # per stage server, for the front end's own health check
+
+    def info(self, refresh: bool = False) -> dict:
+        if refresh or self._info is None or time.monotonic() - self._info_at > self.INFO_TTL_S:
             try:
                 r = self.client.get(f"{self.urls['diffusion']}/api/v1/models")
                 r.raise_for_status()
-                self._info = r.json()
+                self._info, self._info_at = r.json(), time.monotonic()
             except httpx.HTTPError as e:
                 raise ApiError(502, "upstream_unreachable", f"the diffusion endpoint is unreachable: {e}") from None
         return {**self._info, "loaded_networks": []}  # a front end runs no network itself
+
+    async def upstream_health(self) -> dict:
+        """{stage: {"status": "ok" | "unreachable" | "error", ...}}: each stage server's health,
+        asked now, all three at once, with a short timeout."""
+        async def check(client, stage, url):
+            try:
+                r = await client.get(f"{url}/api/v1/health")
+            except httpx.HTTPError as e:
+                return {"status": "unreachable", "message": type(e).__name__}
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+            if r.status_code != 200 or not isinstance(body, dict) or body.get("status") != "ok":
+                return {"status": "error", "http_status": r.status_code}
+            if body.get("component") not in (stage, "all"):  # a URL mix-up in the front end's options
+                return {"status": "error", "message": f"it serves the {body.get('component')!r} component"}
+            return {"status": "ok"}
+
+        async with httpx.AsyncClient(timeout=self.HEALTH_TIMEOUT_S) as client:
+            results = await asyncio.gather(*(check(client, s, u) for s, u in self.urls.items()))
+        return dict(zip(self.urls, results))
 
     def model_names(self):
         return self.info()["models"]
@@ -112,7 +143,7 @@ class RemoteEngine:
         return self._tokenizer.count_tokens(text)
 
     def use_model(self, name):
-        if name and name not in self.model_names():
+        if name and name not in self.model_names() and name not in self.info(refresh=True)["models"]:
             raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {self.model_names()}")
 
     # -- the four stages -----------------------------------------------------------------
