@@ -98,9 +98,14 @@ def test_token_count(ui):
     assert "25 will be dropped" in ui.predict("red " * 100, api_name="/count_tokens")
 
 
-def test_errors_show_in_the_status(ui):
-    _, status = ui.predict(PROMPT, "", 4, 7.5, 1, "ddim", 1, 70, 64, "tiny", False, api_name="/txt2img")
-    assert status.startswith("**Error:**") and "multiple of 32" in status
+def test_errors_raise_and_show_in_the_status(ui):
+    """A failed run raises gr.Error (gradio_client raises AppError) after showing it in the status."""
+    from gradio_client.exceptions import AppError
+
+    job = ui.submit(PROMPT, "", 4, 7.5, 1, "ddim", 1, 70, 64, "tiny", False, api_name="/txt2img")
+    with pytest.raises(AppError, match="multiple of 32"):
+        job.result(timeout=120)
+    assert job.outputs()[-1][1].startswith("**Error:**")
 
 
 def test_inpaint_tab(ui, engine, tmp_path):

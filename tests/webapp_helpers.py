@@ -56,3 +56,36 @@ def png(array) -> bytes:
     Image.fromarray(np.asarray(array, np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
+
+
+def serve(app):
+    """Run `app` on a loopback port in a thread (a real Host header and real streaming, which
+    TestClient does not give Gradio); yields the base URL, stops the server afterwards."""
+    import contextlib
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    @contextlib.contextmanager
+    def running():
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                               timeout_graceful_shutdown=1))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(400):
+            try:
+                httpx.get(url + "/api/v1/health")
+                break  # any answer: it is up (a front end with no stage servers answers 503)
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        try:
+            yield url
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+    return running()

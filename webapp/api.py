@@ -22,10 +22,13 @@ from models.schedulers import SCHEDULERS
 from . import frontend, wire
 from .errors import ApiError, error_responses
 from .images import load_image, png_b64
-from .limits import read_body
+from .limits import Limits, read_body
 
 MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 4000
+# the schema's documented bounds are the default limits; the server's own (Limits, from the
+# environment) are checked in the handlers
+MAX_PROMPT_CHARS = Limits.max_prompt_chars
+MAX_GUIDANCE = Limits.max_guidance
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 Scheduler = Literal[SCHEDULER_NAMES]  # documented as an enum in the OpenAPI document
 
@@ -59,7 +62,7 @@ class Txt2ImgRequest(BaseModel):
     prompt: str = Field(..., max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(7.5, ge=0, le=50)
+    guidance_scale: float = Field(7.5, ge=0, le=MAX_GUIDANCE)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when left out; returned either way")
     scheduler: Scheduler | None = None
     width: int | None = Field(None, ge=8, description="pixels; a multiple of the model's size_multiple")
@@ -95,27 +98,16 @@ def build_routers(server) -> list:
             raise ApiError(404, "not_hosted", f"this server hosts the {server.component!r} component, not {what}; "
                            "send this request to the server that hosts it")
 
-    def check_prompt(p: str, what="prompt"):
-        if len(p) > MAX_PROMPT_CHARS:
-            raise ApiError(400, "prompt_too_long", f"the {what} has {len(p)} characters; the limit is "
-                           f"{MAX_PROMPT_CHARS} (and the text encoder reads at most 75 tokens)")
-
-    def check_size(height, width):
-        for name, v in (("height", height), ("width", width)):
-            if v is not None and v > L.max_side:
-                raise ApiError(400, "size_too_large", f"{name} {v} is over this server's limit of {L.max_side}")
-
-    def check_batch(b):
-        if b > L.max_batch:
-            raise ApiError(400, "batch_too_large", f"batch size {b} is over this server's limit of {L.max_batch}")
-
-    def check_steps(s):
-        if s > L.max_steps:
-            raise ApiError(400, "too_many_steps", f"steps {s} is over this server's limit of {L.max_steps}")
+    # one set of limits, shared with the Gradio UI (webapp.ui)
+    check_prompt, check_steps, check_batch, check_size = L.check_prompt, L.check_steps, L.check_batch, L.check_size
+    check_guidance = L.check_guidance
 
     def check_model(name):
+        """The model a request runs on: the one it names (from the listing) or the base model,
+        never whichever model another client used last."""
         if name and name not in server.engine.model_names():
             raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {server.engine.model_names()}")
+        return name or server.engine.info()["base_model"]
 
     # -- info ----------------------------------------------------------------------------
     @open_router.get("/health", summary="Liveness and queue state (no token needed); on a front end also its "
@@ -164,7 +156,7 @@ def build_routers(server) -> list:
     async def diffuse(request: Request,
                       seed: int | None = Query(None, ge=0, le=MAX_SEED, description="random when left out; returned"),
                       steps: int = Query(20, ge=1, le=L.max_steps),
-                      guidance_scale: float = Query(7.5, ge=0, le=50),
+                      guidance_scale: float = Query(7.5, ge=0, le=MAX_GUIDANCE),
                       scheduler: Scheduler | None = Query(None),
                       strength: float = Query(1.0, gt=0, le=1),
                       mask_blur: float = Query(0.0, ge=0, le=64),
@@ -173,7 +165,8 @@ def build_routers(server) -> list:
                       width: int | None = Query(None, ge=8, le=L.max_side),
                       model: str | None = Query(None, max_length=200)):
         hosts("diffusion")
-        check_model(model)
+        check_guidance(guidance_scale)
+        model = check_model(model)
         tensors = _read_tensors(await read_body(request, L.max_body_bytes), request)
         t = _check_diffuse_tensors(tensors, server.engine.info(), L)
         out_dtype = dtype or ("float16" if tensors["context"].dtype == np.float16 else "float32")
@@ -265,16 +258,18 @@ def build_routers(server) -> list:
     async def txt2img(req: Txt2ImgRequest, request: Request):
         hosts("pipeline")
         check_prompt(req.prompt)
+        check_prompt(req.negative_prompt, "negative prompt")
+        check_guidance(req.guidance_scale)
         check_steps(req.steps)
         check_batch(req.batch_size)
         check_size(req.height, req.width)
-        check_model(req.model)
+        model = check_model(req.model)
 
         def work(job):
             return frontend.txt2img(server.engine, req.prompt, req.negative_prompt, steps=req.steps,
                                     guidance_scale=req.guidance_scale, seed=req.seed, scheduler=req.scheduler,
                                     height=req.height, width=req.width, batch_size=req.batch_size,
-                                    model=req.model, job=job)
+                                    model=model, job=job)
 
         return images_response(await server.gate.run(work, request), request)
 
@@ -287,16 +282,19 @@ def build_routers(server) -> list:
                       mask: UploadFile = File(..., description="same size; white/opaque = repaint"),
                       prompt: str = Form(..., max_length=MAX_PROMPT_CHARS),
                       negative_prompt: str = Form("", max_length=MAX_PROMPT_CHARS),
-                      steps: int = Form(20, ge=1), guidance_scale: float = Form(7.5, ge=0, le=50),
+                      steps: int = Form(20, ge=1), guidance_scale: float = Form(7.5, ge=0, le=MAX_GUIDANCE),
                       seed: int | None = Form(None, ge=0, le=MAX_SEED), scheduler: Scheduler | None = Form(None),
                       batch_size: int = Form(1, ge=1), strength: float = Form(1.0, gt=0, le=1),
                       mask_blur: float = Form(0.0, ge=0, le=64), invert_mask: bool = Form(False),
                       only_masked: bool = Form(False), padding: int = Form(32, ge=0, le=1024),
                       model: str | None = Form(None, max_length=200)):
         hosts("pipeline")
+        check_prompt(prompt)
+        check_prompt(negative_prompt, "negative prompt")
+        check_guidance(guidance_scale)
         check_steps(steps)
         check_batch(batch_size)
-        check_model(model)
+        model = check_model(model)
         img = load_image(await image.read(), "image", L.max_side)
         msk = load_image(await mask.read(), "mask", L.max_side, mode="L")
         info = server.engine.info()
@@ -372,8 +370,7 @@ def _check_diffuse_tensors(tensors: dict, info: dict, L) -> dict:
     if ctx.ndim != 3 or tuple(ctx.shape[1:]) != (T, D) or ctx.shape[0] < 1:
         raise ApiError(400, "wrong_shape", f"tensor 'context' must be [B, {T}, {D}], got {list(ctx.shape)}")
     B = ctx.shape[0]
-    if B > L.max_batch:
-        raise ApiError(400, "batch_too_large", f"batch size {B} is over this server's limit of {L.max_batch}")
+    L.check_batch(B)
     out["context"] = ctx
     if "unconditional_context" in tensors:
         u = _float(tensors["unconditional_context"], "unconditional_context")

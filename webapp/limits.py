@@ -33,6 +33,9 @@ def default_concurrency() -> int:
 
 @dataclasses.dataclass
 class Limits:
+    """The one set of request limits. The REST routes and the Gradio handlers both call the
+    check_* methods, so a limit cannot be skipped by choosing the other door."""
+
     concurrency: int = 0  # 0: default_concurrency()
     queue_size: int = 16  # waiting requests beyond the running ones
     timeout_s: float = 300.0  # per request, waiting included
@@ -41,14 +44,55 @@ class Limits:
     max_batch: int = 8
     max_side: int = 1024  # pixels, each side
     max_prompts: int = 16
+    max_prompt_chars: int = 4000  # prompt and negative prompt, each (the encoder reads 75 tokens anyway)
+    max_guidance: float = 50.0  # guidance scale range 0..max_guidance
     retry_after_s: int = 5
 
     @classmethod
     def from_env(cls, **overrides) -> "Limits":
-        env = {f.name: os.environ.get(f"SD_{f.name.upper()}") for f in dataclasses.fields(cls)}
-        kw = {k: (float(v) if k == "timeout_s" else int(v)) for k, v in env.items() if v}
+        """SD_<FIELD> environment variables (SD_MAX_STEPS=...), typed like the field's default."""
+        kw = {}
+        for f in dataclasses.fields(cls):
+            value = os.environ.get(f"SD_{f.name.upper()}")
+            if value:
+                kw[f.name] = type(f.default)(value)
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
+
+    # Over a server limit: 400 with its own code. Under the minimum: 422 invalid_parameters,
+    # what REST's request validation answers for the same value.
+    def check_prompt(self, text: str, what: str = "prompt"):
+        if len(text) > self.max_prompt_chars:
+            raise ApiError(400, "prompt_too_long", f"the {what} has {len(text)} characters; the limit is "
+                           f"{self.max_prompt_chars} (and the text encoder reads at most 75 tokens)")
+
+    def check_steps(self, steps):
+        if not steps >= 1:
+            raise ApiError(422, "invalid_parameters", f"steps must be at least 1, got {steps}")
+        if steps > self.max_steps:
+            raise ApiError(400, "too_many_steps", f"steps {steps} is over this server's limit of {self.max_steps}")
+
+    def check_batch(self, batch):
+        if not batch >= 1:
+            raise ApiError(422, "invalid_parameters", f"batch size must be at least 1, got {batch}")
+        if batch > self.max_batch:
+            raise ApiError(400, "batch_too_large", f"batch size {batch} is over this server's limit of "
+                           f"{self.max_batch}")
+
+    def check_size(self, height, width):
+        """Each side (None: the model's default) of a request, an upload or a resized crop."""
+        for name, v in (("height", height), ("width", width)):
+            if v is None:
+                continue
+            if not v >= 1:
+                raise ApiError(422, "invalid_parameters", f"{name} must be positive, got {v}")
+            if v > self.max_side:
+                raise ApiError(400, "size_too_large", f"{name} {v} is over this server's limit of {self.max_side}")
+
+    def check_guidance(self, scale):
+        if not 0 <= scale <= self.max_guidance:  # NaN fails too
+            raise ApiError(422, "invalid_parameters", f"guidance scale must be between 0 and "
+                           f"{self.max_guidance:g}, got {scale}")
 
 
 class Job:

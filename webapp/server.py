@@ -14,6 +14,7 @@ import os
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount
 
 from . import auth, errors
 from .limits import BodyLimitMiddleware, Gate, Limits
@@ -62,6 +63,7 @@ class Server:
         self.engine = engine or self._make_engine()
         self.gate = Gate(self.limits)
         token = config.token if config.token is not None else auth.token_from_env()
+        self.token = token or None
         self.require_token = auth.make_dependency(token)
         self.token_required = bool(token)
 
@@ -148,6 +150,15 @@ def create_app(config: Config | None = None, engine=None) -> FastAPI:
 
         from .ui import build_ui, launch_kwargs
 
+        if server.token:
+            auth.install_ui_login(app, server.token)  # before the mount at "/", which takes every path
         demo = build_ui(server)
         app = gr.mount_gradio_app(app, demo, path="/", max_file_size=config.limits.max_body_bytes, **launch_kwargs())
+        # Gradio checks the paths a client names in a FileData only for launched Blocks, and
+        # mount_gradio_app never marks them so: any file the server can read would be copied
+        # to the cache and served. Launch and swap_blocks set this flag; so do we.
+        demo.has_launched = True
+        if server.token:
+            ui = next(r for r in app.routes if isinstance(r, Mount) and r.path == "")
+            ui.app = auth.RequireUISession(ui.app, server.token)
     return app

@@ -1,9 +1,13 @@
 """The Gradio UI: txt2img, inpainting and PNG info tabs, and a model selector.
 
-Generation goes through the same Gate as the REST API (one bounded queue for both) and the
-same front-end chain (webapp.frontend). Per-step previews decode the intermediate latents;
-Stop cancels the running job at its next step. Nothing is computed at launch (no cached
-examples), so a Space starts in seconds.
+Generation goes through the same Gate as the REST API (one bounded queue for both), the same
+limits (webapp.limits.Limits: the Gradio API is a second door to the model, and Gradio
+itself checks only the sliders' ranges, NaN passing) and the same front-end chain
+(webapp.frontend).
+Per-step previews decode the intermediate latents; Stop cancels the running job at its next
+step. The model is the dropdown's value, sent with each run: choosing one changes nothing for
+other users or REST clients. Errors raise gr.Error with the API's message, so gradio_client
+raises too. Nothing is computed at launch (no cached examples), so a Space starts in seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import tempfile
 import numpy as np
 
 from . import frontend
+from .api import MAX_SEED
 from .errors import ApiError
 
 RANDOM = -1
@@ -35,14 +40,12 @@ def _save_pngs(images, result, model, out_dir):
     return paths
 
 
-def _fit(image, mask, multiple, max_side):
+def _fit(image, mask, multiple):
     """Round an uploaded image (and mask) down to the model's size multiple."""
     from PIL import Image
 
     H, W = image.shape[:2]
-    scale = min(1.0, max_side / max(H, W))
-    h = max(multiple, int(H * scale) // multiple * multiple)
-    w = max(multiple, int(W * scale) // multiple * multiple)
+    h, w = max(multiple, H // multiple * multiple), max(multiple, W // multiple * multiple)
     if (h, w) == (H, W):
         return image, mask
     image = np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS))
@@ -71,6 +74,14 @@ def mask_from_editor(value, uploaded_mask=None):
     return image, (m > 0).astype(np.uint8) * 255
 
 
+def check_upload_sizes(limits, editor, uploaded_mask):
+    """Every image a client sent for inpainting within max_side, before any work on them."""
+    editor = editor or {}
+    for im in [uploaded_mask, editor.get("background"), *(editor.get("layers") or [])]:
+        if im is not None:
+            limits.check_size(*np.shape(im)[:2])
+
+
 def build_ui(server):
     import gradio as gr
 
@@ -84,8 +95,14 @@ def build_ui(server):
     multiple = info["size_multiple"]
     out_dir = tempfile.mkdtemp(prefix="sd-webapp-")
     max_tokens = info.get("max_tokens", 75)
+    base_model = info["base_model"]
 
     def token_label(text):
+        """Live token count. It runs outside the queue, on every keystroke: text over the
+        character limit gets a note without being tokenized."""
+        text = text or ""
+        if len(text) > L.max_prompt_chars:
+            return f"{len(text)} characters: over the {L.max_prompt_chars}-character limit"
         try:
             n = engine.count_tokens(text or "")
         except Exception:
@@ -124,9 +141,24 @@ def build_ui(server):
     def error_text(e):
         return f"**Error:** {e.message if isinstance(e, ApiError) else e}"
 
+    def checked(prompt, negative, steps, guidance, seed, batch):
+        """The REST limits on what any client may send here; (seed or None, steps, batch)."""
+        L.check_prompt(prompt or "")
+        L.check_prompt(negative or "", "negative prompt")
+        L.check_steps(steps)
+        L.check_guidance(guidance)
+        L.check_batch(batch)
+        if seed is not None and seed > MAX_SEED:
+            raise ApiError(422, "invalid_parameters", f"seed must be at most {MAX_SEED}, got {seed}")
+        return (None if seed is None or seed < 0 else int(seed)), int(steps), int(batch)
+
     async def generate(prompt, negative, steps, guidance, seed, scheduler, batch, width, height, model, previews):
-        seed = None if seed is None or int(seed) < 0 else int(seed)
-        model = model or engine.current
+        try:
+            seed, steps, batch = checked(prompt, negative, steps, guidance, seed, batch)
+            L.check_size(height, width)
+        except ApiError as e:
+            raise gr.Error(e.message) from None
+        model = model or base_model
 
         def fn(job, cb):
             return frontend.txt2img(engine, prompt, negative, steps=int(steps), guidance_scale=float(guidance),
@@ -150,19 +182,22 @@ def build_ui(server):
                     note = f" (prompt truncated: {dropped[0]} tokens dropped)" if dropped else ""
                     yield files, f"done: seeds {', '.join(map(str, result.seeds))}{note}", result.seeds[0]
         except (ApiError, ValueError) as e:
-            yield gr.skip(), error_text(e), gr.skip()
+            yield gr.skip(), error_text(e), gr.skip()  # the status line, then the error for the client
+            raise gr.Error(e.message if isinstance(e, ApiError) else str(e)) from None
 
     async def inpaint(editor, mask_upload, prompt, negative, steps, guidance, seed, scheduler, batch, strength,
                       blur, invert, only_masked, padding, model, previews):
-        seed = None if seed is None or int(seed) < 0 else int(seed)
-        model = model or engine.current
         try:
+            seed, steps, batch = checked(prompt, negative, steps, guidance, seed, batch)
+            check_upload_sizes(L, editor, mask_upload)
+            if only_masked:
+                L.check_size(size, size)  # the masked box is inpainted at the model's size
             image, mask = mask_from_editor(editor, mask_upload)
             if not only_masked:
-                image, mask = _fit(image, mask, multiple, L.max_side)
+                image, mask = _fit(image, mask, multiple)
         except ApiError as e:
-            yield gr.skip(), error_text(e), gr.skip()
-            return
+            raise gr.Error(e.message) from None
+        model = model or base_model
 
         def fn(job, cb):
             return frontend.inpaint(engine, prompt, image, mask, negative, steps=int(steps),
@@ -175,11 +210,11 @@ def build_ui(server):
         async for item in _stream(fn, previews, model):
             yield item
 
-    async def select_model(name):
-        try:
-            await server.gate.run(lambda job: engine.use_model(name))
-        except ApiError as e:
-            return error_text(e)
+    def select_model(name):
+        """Only says which model this page's runs will use: each run sends the dropdown's value,
+        and the engine swaps the UNet for that run. Nothing global changes here."""
+        if name not in engine.model_names():
+            raise gr.Error(f"unknown model {name!r}")
         return f"diffusion model: **{name}** (text encoder and decoder unchanged)"
 
     def png_info(path):
@@ -211,22 +246,22 @@ def build_ui(server):
                     "coloured backgrounds: try *a red circle on a blue background*. "
                     "REST API: [/api/docs](/api/docs) · browser client: [/edge/](/edge/)")
         with gr.Row():
-            model = gr.Dropdown(choices=engine.model_names(), value=engine.current, label="Diffusion model",
+            model = gr.Dropdown(choices=engine.model_names(), value=base_model, label="Diffusion model",
                                 info="base model or a fine-tuned one from the models folder; switching swaps only "
                                      "the UNet", scale=3)
-            model_status = gr.Markdown(f"diffusion model: **{engine.current}**")
+            model_status = gr.Markdown(f"diffusion model: **{base_model}**")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 with gr.Row():
                     with gr.Column(scale=3):
                         prompt = gr.Textbox(label="Prompt", lines=2, value="a red circle on a blue background",
-                                            elem_id="prompt")
+                                            elem_id="prompt", max_length=L.max_prompt_chars)
                         tokens = gr.Markdown(token_label("a red circle on a blue background"), elem_id="token-count")
-                        negative = gr.Textbox(label="Negative prompt", lines=1)
+                        negative = gr.Textbox(label="Negative prompt", lines=1, max_length=L.max_prompt_chars)
                         neg_tokens = gr.Markdown(token_label(""), elem_id="token-count")
                         with gr.Row():
                             steps = gr.Slider(1, L.max_steps, value=20, step=1, label="Steps")
-                            guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
+                            guidance = gr.Slider(0, min(20, L.max_guidance), value=7.5, step=0.5, label="Guidance scale")
                         with gr.Row():
                             scheduler = gr.Dropdown(schedulers, value="ddim", label="Scheduler")
                             batch = gr.Slider(1, L.max_batch, value=1, step=1, label="Batch size")
@@ -257,8 +292,8 @@ def build_ui(server):
                         mask_upload = gr.Image(label="Or upload a mask (white = repaint)", type="numpy",
                                                image_mode="L", height=160)
                         i_prompt = gr.Textbox(label="Prompt", lines=2, value="a green square on a blue background",
-                                              elem_id="inpaint-prompt")
-                        i_negative = gr.Textbox(label="Negative prompt")
+                                              elem_id="inpaint-prompt", max_length=L.max_prompt_chars)
+                        i_negative = gr.Textbox(label="Negative prompt", max_length=L.max_prompt_chars)
                         with gr.Row():
                             invert = gr.Checkbox(label="Invert mask (repaint the unpainted area)")
                             only_masked = gr.Checkbox(label="Inpaint only the masked region")
@@ -268,7 +303,8 @@ def build_ui(server):
                             strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength")
                         with gr.Row():
                             i_steps = gr.Slider(1, L.max_steps, value=20, step=1, label="Steps")
-                            i_guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
+                            i_guidance = gr.Slider(0, min(20, L.max_guidance), value=7.5, step=0.5,
+                                                   label="Guidance scale")
                             i_scheduler = gr.Dropdown(schedulers, value="ddim", label="Scheduler")
                         with gr.Row():
                             i_seed = gr.Number(value=RANDOM, precision=0, label="Seed (-1 = random)")
