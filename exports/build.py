@@ -253,7 +253,7 @@ def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, com
             "schedulers": scheduler_names(),
             "default_scheduler": "ddim",
             "diffusion": {
-                "max_steps": MAX_STEPS, "seed_max": MAX_SEED - 1, "unet_in_channels": int(pipe.unet.config.in_channels),
+                "max_steps": MAX_STEPS, "seed_max": MAX_SEED, "unet_in_channels": int(pipe.unet.config.in_channels),
                 "inpainting": "concat" if pipe.unet.config.is_inpainting else "blend",
                 "mask": "latent resolution, 1 = repaint (area-resized pixel mask, as the pipeline)",
                 "batching": "every input has a batch axis; rows are grouped by (scheduler, num_steps, start step) "

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from models.pipeline import MAX_SEED, MAX_STEPS
 from models.sampling import BLEND, CONCAT, DenoiseLoop
 from models.schedulers import SCHEDULERS
 from models.schedulers.euler_ancestral import stateless_normal
 
 from .signatures import Untracked
 
-MAX_SEED = 2**32  # the pipeline takes seeds 0 .. 2**32 - 1; larger ones wrap
-MAX_STEPS = 1000
+SEED_COUNT = MAX_SEED + 1  # seeds are 0 .. MAX_SEED (models.pipeline); larger ones wrap
 
 
 def scheduler_names():
@@ -148,7 +148,7 @@ class DiffusionModule(tf.Module):
         """Row k: stateless_normal(seed=[seed_k, 0]), exactly `StableDiffusionPipeline.initial_noise`.
 
         Drawn outside any XLA cluster: XLA maps Philox bits to floats differently."""
-        seed = tf.math.floormod(tf.cast(seed, tf.int64), MAX_SEED)
+        seed = tf.math.floormod(tf.cast(seed, tf.int64), SEED_COUNT)
         shape = tf.constant(self.latent_shape, tf.int32)
         return tf.map_fn(
             lambda s: tf.random.stateless_normal(shape, seed=tf.stack([s, tf.constant(0, tf.int64)])),
@@ -175,7 +175,7 @@ class DiffusionModule(tf.Module):
         steps = tf.cast(num_steps, tf.int64)
         key = (tf.cast(scheduler, tf.int64) * (MAX_STEPS + 1) + steps) * (MAX_STEPS + 1) + tf.cast(start, tf.int64)
         groups, group_of_row = tf.unique(key)
-        seed = tf.math.floormod(tf.cast(seed, tf.int64), MAX_SEED)
+        seed = tf.math.floormod(tf.cast(seed, tf.int64), SEED_COUNT)
         per_row = (noise, context, uncond, seed, tf.reshape(guidance, [-1, 1, 1, 1]), mask, cond_latents,
                    init_latents)
 

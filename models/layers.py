@@ -2,7 +2,7 @@
 
 Sub-layers are named after the module paths of the reference PyTorch checkpoints
 ("norm1", "conv1", "to_out.0", ...). Keras turns those names into variable paths, so the
-checkpoint key map (models/weights.py) is a mechanical rename instead of a hand-kept table.
+checkpoint key map (models/checkpoints/keymap.py) is a mechanical rename instead of a hand-kept table.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from .checkpoints.diffusers_folder import (is_diffusers_folder, is_unet_folder, 
                                            load_unet_folder, read_json, unet_config_from_json)
 from .checkpoints.errors import CheckpointError
 from .checkpoints.files import read_weights
-from .checkpoints.kerascv_h5 import (_find_file, classify_kerascv_h5, is_kerascv_folder, load_kerascv_folder,
+from .checkpoints.kerascv_h5 import (find_kerascv_file, classify_kerascv_h5, is_kerascv_folder, load_kerascv_folder,
                                      load_kerascv_unet)
 from .checkpoints.ldm_single_file import is_ldm_state_dict, load_ldm_checkpoint, load_ldm_unet
 from .checkpoints.pickle_io import is_pickle_path
@@ -133,7 +133,7 @@ def load_unet(source, *, allow_pickle: bool = False, dtype=None, match_kerascv: 
             return load_unet_folder(os.path.join(path, "unet"), **kw)
         if is_unet_folder(path):
             return load_unet_folder(path, **kw)
-        kcv = _find_file(path, "diffusion_model")
+        kcv = find_kerascv_file(path, "diffusion_model")
         if kcv:
             return load_kerascv_unet(kcv, match_kerascv=match_kerascv, dtype=dtype)
         raise ValueError(f"{path} holds no UNet this loader recognises. Accepted: {ACCEPTED_UNET}.")

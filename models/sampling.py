@@ -37,7 +37,7 @@ class DenoiseLoop:
     # -- pieces -------------------------------------------------------------------------
     def _guided_noise(self, plan, i, x, context, uncond, guidance, mask, cond_latents):
         t = plan["timesteps"][i]
-        x_in = self.scheduler.scale_model_input(plan, i, x)
+        x_in = self.scheduler.plan_scale_model_input(plan, i, x)
         if self.mode == CONCAT:
             x_in = tf.concat([x_in, mask, cond_latents], axis=-1)
         batch = tf.shape(x)[0]
@@ -61,7 +61,7 @@ class DenoiseLoop:
         nxt = tf.minimum(i + 1, num_steps - 1)
         known = tf.cond(
             i + 1 < num_steps,
-            lambda: self.scheduler.add_noise(plan, cond_latents, noise, nxt),
+            lambda: self.scheduler.plan_add_noise(plan, cond_latents, noise, nxt),
             lambda: cond_latents,
         )
         return mask * x + (1.0 - mask) * known
@@ -71,14 +71,14 @@ class DenoiseLoop:
         """Initial sample: pure noise scaled for the scheduler, or (img2img / inpainting with
         strength < 1) the image latents noised to the starting step."""
         plan = self.scheduler.plan(num_steps)
-        noisy_image = self.scheduler.add_noise(plan, init_latents, noise, start)
+        noisy_image = self.scheduler.plan_add_noise(plan, init_latents, noise, start)
         pure = latents * self.scheduler.init_noise_sigma(plan)
         return tf.cond(start > 0, lambda: noisy_image, lambda: pure)
 
     def _step(self, x, state, i, num_steps, context, uncond, guidance, seed, mask, cond_latents, noise):
         plan = self.scheduler.plan(num_steps)
         eps = self._guided_noise(plan, i, x, context, uncond, guidance, mask, cond_latents)
-        x, state = self.scheduler.step(plan, i, eps, x, state, seed=seed)
+        x, state = self.scheduler.plan_step(plan, i, eps, x, state, seed=seed)
         return self._after_step(plan, i, x, mask, cond_latents, noise, num_steps), state
 
     def _run(self, x, num_steps, start, context, uncond, guidance, seed, mask, cond_latents, noise):
@@ -87,7 +87,7 @@ class DenoiseLoop:
 
         def body(i, x, state):
             eps = self._guided_noise(plan, i, x, context, uncond, guidance, mask, cond_latents)
-            x, state = self.scheduler.step(plan, i, eps, x, state, seed=seed)
+            x, state = self.scheduler.plan_step(plan, i, eps, x, state, seed=seed)
             return i + 1, self._after_step(plan, i, x, mask, cond_latents, noise, num_steps), state
 
         _, x, _ = tf.while_loop(

@@ -667,7 +667,7 @@ def test_loaders_create_variables_from_the_checkpoint_without_initialising_them(
 
     from models.checkpoints import deferred_init
     from models.checkpoints.assemble import build_unet
-    from models.weights import model_state_dict
+    from models.checkpoints.keymap import model_state_dict
 
     source = random_components().unet
     state = model_state_dict(source)

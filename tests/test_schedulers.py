@@ -84,12 +84,12 @@ def graph_loop(s, pad_to=None):
     def run(x, num_steps, seed, x0, start):
         """x: unit noise. start > 0 means img2img: noise x0 to step `start`, then denoise from there."""
         plan = s.plan(num_steps, pad_to=pad_to)
-        x = tf.where(start > 0, s.add_noise(plan, x0, x, start), x * s.init_noise_sigma(plan))
+        x = tf.where(start > 0, s.plan_add_noise(plan, x0, x, start), x * s.init_noise_sigma(plan))
 
         def body(i, x, state):
             t = plan["timesteps"][i]
-            eps = fake_eps_tf(s.scale_model_input(plan, i, x), t)
-            x, state = s.step(plan, i, eps, x, state, seed)
+            eps = fake_eps_tf(s.plan_scale_model_input(plan, i, x), t)
+            x, state = s.plan_step(plan, i, eps, x, state, seed)
             return i + 1, x, state
 
         _, x, _ = tf.while_loop(lambda i, *_: i < plan["num_steps"], body, (start, x, s.initial_state(x)))
@@ -281,7 +281,7 @@ def test_sigma_add_noise_matches_diffusers(name):
     t = ref.timesteps[[0, 13]]
     expected = to_nhwc(ref.add_noise(to_nchw(x0), to_nchw(noise), t))
     np.testing.assert_allclose(ours.add_noise(x0, noise, t.numpy()).numpy(), expected, rtol=1e-5, atol=1e-5)
-    graph = ours.add_noise(ours.plan(n), x0, noise, tf.constant(13))
+    graph = ours.plan_add_noise(ours.plan(n), x0, noise, tf.constant(13))
     np.testing.assert_allclose(graph.numpy()[1], expected[1], rtol=1e-5, atol=1e-5)
 
 

@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 
 from ..config import TextEncoderConfig, UNetConfig, VAEConfig
-from ..weights import assign
+from .keymap import assign
 from .deferred_init import uninitialized
 
 _ENCODER_PREFIXES = ("encoder.", "quant_conv.")

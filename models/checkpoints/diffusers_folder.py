@@ -14,7 +14,7 @@ import json
 import os
 
 from ..config import TextEncoderConfig, UNetConfig, VAEConfig
-from ..weights import model_state_dict
+from .keymap import model_state_dict
 from .assemble import build_text_encoder, build_unet, build_vae
 from .errors import CheckpointError, UnsupportedCheckpointError
 from .files import read_weights

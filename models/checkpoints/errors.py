@@ -1,12 +1,10 @@
-"""Errors every checkpoint loader raises, so callers can catch one family.
-
-`CheckpointMismatchError` (wrong keys or shapes) lives in models.weights because the strict
-assignment raises it; it is re-exported here so loaders and callers need one import.
-"""
+"""Errors every checkpoint loader raises, so callers can catch one family."""
 
 from __future__ import annotations
 
-from ..weights import CheckpointMismatchError
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the architecture (raised by the strict key map)."""
 
 
 class CheckpointError(ValueError):

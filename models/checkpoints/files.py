@@ -9,13 +9,13 @@ import os
 
 from .errors import CheckpointError
 from .pickle_io import is_pickle_path, read_pickle
-from .safetensors_io import _require_file, is_safetensors, read_safetensors, read_sharded
+from .safetensors_io import require_file, is_safetensors, read_safetensors, read_sharded
 
 
 def read_weights(path, *, allow_pickle: bool = False) -> dict:
     """Tensors in their stored precision (float16 stays float16): the loaders cast each one as
     they assign it, so no float32 copy of the whole file ever exists."""
-    path = _require_file(path)
+    path = require_file(path)
     lower = path.lower()
     if lower.endswith(".index.json"):
         if ".bin." in os.path.basename(lower):

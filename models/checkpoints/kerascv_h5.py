@@ -28,7 +28,7 @@ import numpy as np
 from ..config import KERAS_CV_UNET, KERAS_CV_VAE, TextEncoderConfig, UNetConfig, VAEConfig
 from .assemble import build_text_encoder, build_unet, build_vae, wanted
 from .errors import CheckpointError, CheckpointMismatchError
-from .safetensors_io import _require_file
+from .safetensors_io import require_file
 
 KINDS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
 # The published file names (huggingface.co/fchollet/stable-diffusion) and Keras 3 equivalents.
@@ -227,10 +227,6 @@ _LAYERS = {"text_encoder": text_encoder_layers, "diffusion_model": diffusion_mod
            "decoder": decoder_layers, "image_encoder": image_encoder_layers}
 
 
-def expected_weights(kind: str, config) -> list[W]:
-    return [w for layer in _LAYERS[kind](config) for w in layer.weights]
-
-
 def keras3_paths(layers: list[KLayer]) -> list[tuple[str, W]]:
     """Paths in a Keras 3 .weights.h5: `layers/<class>[_n]/...`, numbered per class in order."""
     counts: dict[str, int] = {}
@@ -331,7 +327,7 @@ def _keras3_candidates(f) -> list:
 def _open(path):
     import h5py
 
-    path = _require_file(path)
+    path = require_file(path)
     try:
         return h5py.File(path, "r")
     except OSError as e:
@@ -379,13 +375,13 @@ def classify_kerascv_h5(path, kinds=KINDS, configs: dict | None = None) -> str:
 
 def read_kerascv_h5(path, kinds=KINDS, configs: dict | None = None) -> tuple[str, dict]:
     """(kind, diffusers-named state dict) for the first of `kinds` whose layout the file fits."""
-    path = _require_file(path)
+    path = require_file(path)
     with _open(path) as f:
         kind, entries, weights = _locate(f, path, kinds, {**default_configs(), **(configs or {})})
         return kind, {w.key: _to_torch(_array(ds, path), w.embedding) for (_, ds), w in zip(entries, weights)}
 
 
-def _find_file(folder, kind):
+def find_kerascv_file(folder, kind):
     for name in FILE_NAMES[kind]:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
@@ -394,7 +390,7 @@ def _find_file(folder, kind):
 
 
 def is_kerascv_folder(folder) -> bool:
-    return _find_file(folder, "diffusion_model") is not None or _find_file(folder, "text_encoder") is not None
+    return find_kerascv_file(folder, "diffusion_model") is not None or find_kerascv_file(folder, "text_encoder") is not None
 
 
 def load_kerascv_unet(path, *, match_kerascv=True, dtype=None, unet_config: UNetConfig | None = None):
@@ -412,7 +408,7 @@ def load_kerascv_folder(folder, *, match_kerascv=True, dtype=None):
 
     folder = os.fspath(folder)
     configs = default_configs(match_kerascv)
-    paths = {kind: _find_file(folder, kind) for kind in KINDS}
+    paths = {kind: find_kerascv_file(folder, kind) for kind in KINDS}
     missing = [FILE_NAMES[k][0] for k in ("text_encoder", "diffusion_model", "decoder") if paths[k] is None]
     if missing:
         raise CheckpointError(f"{folder} is missing the KerasCV files {missing}")

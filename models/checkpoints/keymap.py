@@ -13,6 +13,10 @@ import functools
 
 import numpy as np
 
+from . import deferred_init
+from .errors import CheckpointMismatchError
+from .safetensors_io import release_pages
+
 # Keras variable name -> PyTorch parameter name.
 PARAM_NAMES = {
     "kernel": "weight",
@@ -21,10 +25,6 @@ PARAM_NAMES = {
     "beta": "bias",
     "embeddings": "weight",
 }
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's keys or shapes do not fit the architecture."""
 
 
 def torch_key(variable_path: str, prefix: str = "") -> str:
@@ -100,9 +100,6 @@ def assign(models_with_prefixes, state_dict: dict, *, what: str = "checkpoint", 
             except CheckpointMismatchError as e:
                 bad_shape.append(str(e))
     unexpected = sorted(set(state_dict) - used)
-    from .checkpoints import deferred_init  # (the checkpoints package imports this module)
-    from .checkpoints.safetensors_io import release_pages
-
     if missing or unexpected or bad_shape:
         deferred_init.discard([v for model, _ in models_with_prefixes for v in model.weights])
         lines = [f"{what} does not match the architecture:"]

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .errors import CheckpointError, PickleNotAllowedError
-from .safetensors_io import _require_file
+from .safetensors_io import require_file
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
@@ -42,7 +42,7 @@ def _tensor_to_numpy(t) -> np.ndarray:
 def read_pickle(path, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Tensors of a pickle checkpoint as numpy (in their stored precision; bfloat16 as float32),
     unwrapping `state_dict`."""
-    path = _require_file(path)
+    path = require_file(path)
     if not allow_pickle:
         refuse_pickle(path)
     try:

@@ -50,7 +50,7 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
     """The checkpoint path does not exist (also a FileNotFoundError)."""
 
 
-def _require_file(path) -> str:
+def require_file(path) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MissingCheckpointError(f"checkpoint file {path} does not exist")
@@ -61,7 +61,7 @@ def _require_file(path) -> str:
 
 def read_header(path) -> tuple[dict, dict, int]:
     """(tensor entries, __metadata__, offset of the data section), validated against the file size."""
-    path = _require_file(path)
+    path = require_file(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -173,7 +173,7 @@ def read_sharded(index_path, *, widen: bool = True) -> dict[str, np.ndarray]:
     Every key the index lists must be in the shard it names, so a missing shard or a shard
     from another export is an error instead of a silently partial model.
     """
-    index_path = _require_file(index_path)
+    index_path = require_file(index_path)
     try:
         with open(index_path, encoding="utf-8") as f:
             weight_map = json.load(f)["weight_map"]

@@ -48,7 +48,7 @@ def random_state_dict(shapes: dict, seed: int = SEED) -> dict:
 
 
 def _shapes(model) -> dict:
-    from ..weights import torch_key
+    from .keymap import torch_key
 
     out = {}
     for v in model.weights:
@@ -64,7 +64,7 @@ def random_tiny_components(seed: int = SEED, dtype=None):
     from ..text_encoder import TextEncoder
     from ..unet import UNet
     from ..vae import VAEDecoder, VAEEncoder
-    from ..weights import assign
+    from .keymap import assign
     from .assemble import dtype_policy
     from .diffusers_folder import load_schedule, load_tokenizer_folder
 

@@ -13,12 +13,11 @@ Python int >= any step count you will use (e.g. `schedule.num_train_timesteps`),
 for all counts: every array then has the static length P (P + 1 for sigmas), entries past the end
 repeat the last step (sigmas read the final 0), and the real count is `plan["num_steps"]`.
 
-The eager API (`set_timesteps`, `timesteps`, `step(model_output, timestep, sample)`, `add_noise`)
-calls the same graph code, so the two cannot disagree. `step`, `add_noise` and `scale_model_input`
-pick the API by their first argument: a plan dict means the graph API.
+The eager API (`set_timesteps`, `timesteps`, `step(model_output, timestep, sample)`, `add_noise`,
+`scale_model_input`: diffusers' names and signatures) calls the same graph code, so the two cannot
+disagree. The graph API's methods take the plan first and say so in their names: `plan_step`,
+`plan_add_noise`, `plan_scale_model_input`.
 """
-from collections.abc import Mapping
-
 import numpy as np
 import tensorflow as tf
 
@@ -69,11 +68,12 @@ class Scheduler:
         """Factor turning unit Gaussian noise into the first latents."""
         return tf.constant(1.0, tf.float32)
 
-    def scale_model_input(self, *args, **kwargs):
-        """Graph: (plan, i, sample). Eager: (sample, timestep) after set_timesteps."""
-        if args and isinstance(args[0], Mapping):
-            return self._scale_model_input(*args, **kwargs)
-        sample, timestep = args[0], args[1] if len(args) > 1 else kwargs.get("timestep")
+    def plan_scale_model_input(self, plan, i, sample):
+        """The UNet's input at step index i (Euler-type samplers divide by sqrt(sigma^2 + 1))."""
+        return self._scale_model_input(plan, i, sample)
+
+    def scale_model_input(self, sample, timestep):
+        """Eager, after set_timesteps: as diffusers' scale_model_input(sample, timestep)."""
         return self._scale_model_input(self._require_plan(), self._eager_index(timestep), sample)
 
     def _scale_model_input(self, plan, i, sample):
@@ -83,31 +83,28 @@ class Scheduler:
         """Fixed-shape loop state carried between steps (multistep memory); () if none."""
         return ()
 
-    def step(self, *args, **kwargs):
-        """Graph: step(plan, i, model_output, sample, state, seed=None) -> (prev_sample, state).
+    def plan_step(self, plan, i, model_output, sample, state, seed=None):
+        """One step at tensor index i -> (prev_sample, state). `model_output` is the epsilon
+        (noise) prediction; `state` is the multistep memory from initial_state or the last step."""
+        return self._step(plan, i, model_output, sample, state, seed=seed)
 
-        Eager: step(model_output, timestep, sample, seed=None) -> prev_sample. `timestep` is an
-        entry of `self.timesteps`; the first call locates it, later calls advance an internal
-        counter (as diffusers does), so visit the timesteps in order.
-        `model_output` is always the epsilon (noise) prediction.
-        """
-        if args and isinstance(args[0], Mapping):
-            return self._step(*args, **kwargs)
-        return self._eager_step(*args, **kwargs)
+    def step(self, model_output, timestep, sample, seed=None):
+        """Eager: -> prev_sample. `timestep` is an entry of `self.timesteps`; the first call
+        locates it, later calls advance an internal counter (as diffusers does), so visit the
+        timesteps in order. `model_output` is the epsilon (noise) prediction."""
+        return self._eager_step(model_output, timestep, sample, seed=seed)
 
     def _step(self, plan, i, model_output, sample, state, seed=None):
         raise NotImplementedError
 
-    def add_noise(self, *args, **kwargs):
-        """Graph: (plan, x0, noise, i) -> noisy sample at step index i, in this sampler's scaling.
+    def plan_add_noise(self, plan, x0, noise, i):
+        """The noisy sample at step index i, in this sampler's scaling (img2img's start)."""
+        return self._add_noise_at(plan, x0, noise, self._clip_index(plan, i))
 
-        Eager: (original, noise, timesteps[B]) like diffusers: timesteps must be entries of
-        `self.timesteps` (DDIM accepts any training timestep).
-        """
-        if args and isinstance(args[0], Mapping):
-            plan, x0, noise, i = args
-            return self._add_noise_at(plan, x0, noise, self._clip_index(plan, i))
-        return self._eager_add_noise(*args, **kwargs)
+    def add_noise(self, original, noise, timesteps):
+        """Eager, as diffusers: timesteps[B] must be entries of `self.timesteps` (DDIM accepts
+        any training timestep)."""
+        return self._eager_add_noise(original, noise, timesteps)
 
     def _noise_coefs(self, plan, idx):
         """(a, b) with noisy = a * x0 + b * noise at step index/indices idx."""
