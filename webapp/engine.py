@@ -9,6 +9,7 @@ the same image for the same seed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import warnings
@@ -18,6 +19,7 @@ import numpy as np
 from .errors import ApiError
 
 UNET_FILE_EXTS = (".safetensors", ".h5")
+log = logging.getLogger("webapp")
 
 
 @dataclasses.dataclass
@@ -27,16 +29,40 @@ class Encoded:
     truncated: list  # tokens dropped per prompt (0 when it fit)
 
 
+def _inside(root: str, path: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root + os.sep)
+
+
+def _stays_inside(root: str, path: str) -> bool:
+    """Whether `path`, and for a folder every file and folder reached from it (links
+    followed), resolves inside the models folder `root`: a symlink must not let a client's
+    model name reach files elsewhere on the server."""
+    if not _inside(root, path):
+        return False
+    seen = set()
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if not _inside(root, real) or any(not _inside(root, os.path.join(folder, f)) for f in files):
+            return False
+        if real in seen:  # a link back up: walked already
+            dirs[:] = []
+        seen.add(real)
+    return True
+
+
 def find_unets(models_dir: str | None) -> dict:
     """{name: path} of the fine-tuned diffusion models in the models directory: sub-folders
     holding a diffusers unet/ (or being one), KerasCV diffusion .h5 and .safetensors files.
-    Names are the entries' own names, so a client can only pick what is listed."""
+    Names are the entries' own names, so a client can only pick what is listed; entries that
+    lead out of the folder through symlinks are not listed."""
     found = {}
     if not models_dir or not os.path.isdir(models_dir):
         return found
+    root = os.path.realpath(models_dir)
     for entry in sorted(os.listdir(models_dir)):
         path = os.path.join(models_dir, entry)
-        if entry.startswith("."):
+        if entry.startswith(".") or not _stays_inside(root, path):
             continue
         if os.path.isdir(path):
             if (os.path.isfile(os.path.join(path, "unet", "config.json"))
@@ -83,8 +109,11 @@ class LocalEngine:
 
                     try:
                         unet = load_unet(paths[name])
-                    except Exception as e:  # a broken file in the models dir is the operator's problem
-                        raise ApiError(409, "model_unloadable", f"model {name!r} could not be loaded: {e}") from None
+                    except Exception as e:  # a broken file in the models dir is the operator's problem:
+                        # the details (with server paths) go to the log, not to the client
+                        log.warning("model %r (%s) could not be loaded: %s", name, paths[name], e)
+                        raise ApiError(409, "model_unloadable", f"model {name!r} could not be loaded "
+                                       f"({type(e).__name__}); the server log has the details") from None
                     if len(self._unets) > 3:  # keep the base and a few recent fine-tunes
                         for key in [k for k in self._unets if k != self.base_name][:1]:
                             del self._unets[key]
