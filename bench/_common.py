@@ -134,15 +134,16 @@ def r(x, nd=3):
     return None if x is None else round(float(x), nd)
 
 
-def tiny_configs():
-    """The same tiny networks as tests/conftest.py `tiny_configs` (duplicated: bench must not
-    import the test package)."""
+def small_test_configs(in_channels=4):
+    """The smallest networks of SD's architecture: smaller than the bundled "tiny" model
+    (models/checkpoints/tiny.py), for the tests' random-weight models and benchmark smoke runs.
+    Defined here once; the tests import it (bench never imports the test package)."""
     from models.config import TextEncoderConfig, UNetConfig, VAEConfig
 
     return dict(
         text_encoder=TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=4),
-        unet=UNetConfig(block_out_channels=(32, 64),
+        unet=UNetConfig(in_channels=in_channels, block_out_channels=(32, 64),
                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                         attention_head_dim=4, norm_num_groups=8, sample_size=8),
@@ -158,7 +159,7 @@ def full_configs():
 
 
 def configs(tiny: bool):
-    return tiny_configs() if tiny else full_configs()
+    return small_test_configs() if tiny else full_configs()
 
 
 def write_json(path, data):

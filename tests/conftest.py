@@ -13,19 +13,7 @@ import tensorflow as tf
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
-def tiny_configs(in_channels=4):
-    from models.config import TextEncoderConfig, UNetConfig, VAEConfig
-
-    return dict(
-        text_encoder=TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4),
-        unet=UNetConfig(in_channels=in_channels, block_out_channels=(32, 64),
-                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                        attention_head_dim=4, norm_num_groups=8, sample_size=8),
-        vae=VAEConfig(block_out_channels=(32, 32, 32, 32), norm_num_groups=8, layers_per_block=1,
-                      sample_size=64),
-    )
+from bench._common import small_test_configs  # noqa: E402  (the tests' random-weight networks)
 
 
 def random_components(seed=0, in_channels=4):
@@ -40,7 +28,7 @@ def random_components(seed=0, in_channels=4):
     from models.vae import VAEDecoder, VAEEncoder
 
     keras.utils.set_random_seed(seed)
-    c = tiny_configs(in_channels)
+    c = small_test_configs(in_channels)
     return Components(
         text_encoder=TextEncoder(c["text_encoder"]), unet=UNet(c["unet"]), decoder=VAEDecoder(c["vae"]),
         encoder=VAEEncoder(c["vae"]), tokenizer=default_tokenizer(), vae_config=c["vae"],

@@ -421,16 +421,27 @@ def test_saved_folder_round_trips_and_loads_in_diffusers(base_ref, folder, tmp_p
     assert rel_err(unet16([base_ref.latents, base_ref.timesteps, base_ref.context]), base_ref.ref_noise) <= 3e-3
 
 
-def test_tiny_is_deterministic_and_complete():
+def test_tiny_fallback_builds_the_bundled_networks_and_is_deterministic():
+    """One definition of the tiny architecture: the random-weight fallback (no bundled weights)
+    builds exactly the networks the bundled folder holds, and the bundle's configs say so."""
     from models.checkpoints import tiny
+    from models.checkpoints.keymap import model_state_dict
 
-    a = load_components("tiny")
-    assert a.encoder is not None and a.vae_config.downsample_factor == 8
-    assert a.text_encoder.config.hidden_size == a.unet.config.cross_attention_dim == 64
-    if os.path.isdir(tiny.BUNDLED_DIR):
-        return  # trained weights are bundled; nothing random to check
+    bundled = load_components("tiny")
+    assert bundled.source == "tiny" and bundled.name == "tiny", "the bundled tiny model is missing"
+    assert bundled.encoder is not None and bundled.vae_config.downsample_factor == 8
+    fallback = tiny.random_tiny_components()
+    for part in ("text_encoder", "unet", "decoder", "encoder"):
+        want = {k: v.shape for k, v in model_state_dict(getattr(bundled, part)).items()}
+        got = {k: v.shape for k, v in model_state_dict(getattr(fallback, part)).items()}
+        assert got == want, part
+    for part, config in (("text_encoder", tiny.TINY_TEXT_ENCODER), ("unet", tiny.TINY_UNET), ("vae", tiny.TINY_VAE)):
+        on_disk = json.load(open(os.path.join(tiny.BUNDLED_DIR, part, "config.json")))
+        for field, value in config.to_dict().items():
+            if field in on_disk and field != "scaling_factor":  # the trained VAE measured its own
+                assert on_disk[field] == (list(value) if isinstance(value, tuple) else value), (part, field)
     # The random weights are a pure function of (seed, key): any machine, any build order.
-    w = a.unet.get_layer("conv_in").kernel.numpy()
+    w = fallback.unet.get_layer("conv_in").kernel.numpy()
     key = "conv_in.weight"
     expected = tiny.random_state_dict({key: (32, 4, 3, 3)}, tiny.SEED)[key].transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(w, expected)

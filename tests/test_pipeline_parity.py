@@ -25,9 +25,9 @@ def folder(tmp_path_factory):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from models.tokenizer import default_tokenizer
-    from tests.conftest import tiny_configs
+    from bench._common import small_test_configs
 
-    c = tiny_configs()
+    c = small_test_configs()
     root = tmp_path_factory.mktemp("sd")
     unet = diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),

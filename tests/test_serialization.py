@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from tests.conftest import tiny_configs
+from bench._common import small_test_configs
 
 
 def test_models_and_layers_round_trip_through_get_config():
@@ -11,7 +11,7 @@ def test_models_and_layers_round_trip_through_get_config():
     from models.unet import UNet
     from models.vae import VAEDecoder, VAEEncoder
 
-    c = tiny_configs()
+    c = small_test_configs()
     models = [TextEncoder(c["text_encoder"]), UNet(c["unet"]), VAEEncoder(c["vae"]), VAEDecoder(c["vae"])]
     seen = set()
     for model in models:

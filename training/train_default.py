@@ -18,17 +18,9 @@ from pathlib import Path
 
 import keras
 
-from models.config import TextEncoderConfig, UNetConfig, VAEConfig
-
-TEXT_ENCODER = TextEncoderConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4)
-UNET = UNetConfig(
-    block_out_channels=(32, 64, 128),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16, sample_size=8,
-)
-VAE = VAEConfig(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64)
+from models.checkpoints.tiny import TINY_TEXT_ENCODER as TEXT_ENCODER
+from models.checkpoints.tiny import TINY_UNET as UNET
+from models.checkpoints.tiny import TINY_VAE as VAE
 RESOLUTION = 64
 TEXT_ENCODER_SEED = 1234
 

@@ -18,15 +18,18 @@ from ..config import TextEncoderConfig, UNetConfig, VAEConfig
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "tiny")
 SEED = 0
 
-TINY_TEXT_ENCODER = TextEncoderConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+# The bundled model's architecture, defined once: training/train_default.py trains these networks,
+# the random-weight fallback builds them, and a test checks that the bundled folder's config files
+# describe the same networks (tests/test_checkpoints_diffusers.py).
+TINY_TEXT_ENCODER = TextEncoderConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, vocab_size=49408, max_position_embeddings=77)
 TINY_UNET = UNetConfig(
-    block_out_channels=(32, 64, 64),
+    block_out_channels=(32, 64, 128),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8, sample_size=8,
+    layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16, sample_size=8,
 )
-TINY_VAE = VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64)
+TINY_VAE = VAEConfig(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64)
 
 
 def random_state_dict(shapes: dict, seed: int = SEED) -> dict:
