@@ -231,15 +231,16 @@ def main(argv=None):
     except EdgeError as e:
         print(f"edge.client: error: {e}", file=sys.stderr)
         return 1
-    from PIL import PngImagePlugin
+    from models.png_info import png_bytes  # PIL only: the same A1111 "parameters" text as the server's
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     outs = [args.out] if len(result.images) == 1 else [
         f"{os.path.splitext(args.out)[0]}-{k}.png" for k in range(len(result.images))]
-    for img, path in zip(result.images, outs):
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", json.dumps(result.parameters))
-        Image.fromarray(img).save(path, pnginfo=info)
+    for img, path, seed in zip(result.images, outs, result.seeds):
+        params = {**result.parameters, "prompt": args.prompt, "negative_prompt": args.negative_prompt or "",
+                  "seed": seed}
+        with open(path, "wb") as f:
+            f.write(png_bytes(img, params))
     stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
     print(f"wrote {', '.join(outs)} (seed {result.seeds}; sent {result.bytes_sent} B, received "
           f"{result.bytes_received} B; {stages})")

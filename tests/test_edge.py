@@ -23,6 +23,7 @@ from PIL import Image
 
 from bench import wire_bytes
 from edge import client as edge_client
+from models.png_info import read_parameters
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
@@ -157,6 +158,10 @@ def test_python_client_txt2img_matches_all_in_one(edge_export, server_url, tmp_p
     print(f"python client txt2img (negative prompt {negative_prompt!r}): PSNR {value:.1f} dB; {stdout.strip()}")
     assert value >= MIN_PSNR
     assert "seed [7]" in stdout
+    # the same A1111 "parameters" text the server writes, so the PNG info tab reads it back
+    params = read_parameters(str(out))
+    assert params["prompt"] == PROMPT and params["seed"] == 7 and params["steps"] == STEPS
+    assert params.get("negative_prompt", "") == negative_prompt
 
 
 @pytest.mark.slow
