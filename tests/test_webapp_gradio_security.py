@@ -336,11 +336,13 @@ def test_gradio_client_with_the_token(locked_url, how, tmp_path):
     from models.png_info import png_bytes
 
     kw = {"headers": BEARER} if how == "header" else {"auth": ("anyone", TOKEN)}
-    ui = Client(locked_url + "/", verbose=False, **kw)
+    ui = Client(locked_url + "/", verbose=False, download_files=str(tmp_path), **kw)
     assert ui.predict(PROMPT, api_name="/count_tokens") == "7/75 tokens"
     (tmp_path / "p.png").write_bytes(png_bytes(np.zeros((64, 64, 3), np.uint8), {"prompt": "p", "seed": 5}))
     text, _ = ui.predict(handle_file(str(tmp_path / "p.png")), api_name="/png_info")  # upload, then the file
     assert "Seed: 5" in text
+    gallery, status = ui.predict(*txt2img_args(seed=9), api_name="/txt2img")  # queue, SSE, file download
+    assert "seeds 9" in status and os.path.getsize(gallery[0]["image"]) > 100
 
 
 def test_gradio_client_without_the_token(locked_url):
@@ -370,3 +372,28 @@ def test_configured_origins_only(locked_url, path):
     for origin in ("http://localhost:5173", "https://evil.example"):
         bad = httpx.options(locked_url + path, headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
         assert "access-control-allow-origin" not in bad.headers
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium")
+def test_login_in_a_real_browser(locked_url):
+    """Chromium: / redirects to the login page; after it the Gradio page runs a job (config,
+    assets, queue and SSE, the gallery's files: all on the session cookie)."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    from scripts.screenshots import ARGS, CHROMIUM
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page()
+        page.goto(locked_url + "/")
+        assert page.url == locked_url + "/login"
+        page.fill("input[name=password]", TOKEN)
+        page.click("button[type=submit]")
+        page.get_by_role("tab", name="txt2img").wait_for(timeout=60_000)
+        page.locator("#generate").click()
+        page.locator("#status").get_by_text("done: seeds").wait_for(timeout=120_000)
+        page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].some(i => i.naturalWidth > 0)",
+                               timeout=30_000)
+        browser.close()
