@@ -261,7 +261,8 @@ def build_ui(server):
                         neg_tokens = gr.Markdown(token_label(""), elem_id="token-count")
                         with gr.Row():
                             steps = gr.Slider(1, L.max_steps, value=20, step=1, label="Steps")
-                            guidance = gr.Slider(0, min(20, L.max_guidance), value=7.5, step=0.5, label="Guidance scale")
+                            guidance = gr.Slider(0, min(20, L.max_guidance), value=7.5, step=0.5,
+                                                 label="Guidance scale")
                         with gr.Row():
                             scheduler = gr.Dropdown(schedulers, value="ddim", label="Scheduler")
                             batch = gr.Slider(1, L.max_batch, value=1, step=1, label="Batch size")
