@@ -165,14 +165,14 @@ class Modes:
 
 def internal_bytes(servers, steps, dtype):
     """Bodies between the front end and its three stages for one image: the front end's own chain
-    (webapp.frontend.txt2img over webapp.split_client.RemoteEngine) replayed here once."""
-    from webapp import frontend
+    (models.chain.txt2img over webapp.split_client.RemoteEngine) replayed here once."""
+    from models import chain
     from webapp.split_client import RemoteEngine
 
     remote = RemoteEngine(servers["text_encoder"].url, servers["diffusion"].url, servers["decoder"].url, dtype=dtype)
     remote.info()  # the model list the front end fetches once at start, not per image
     sent0, received0 = remote.bytes_sent, remote.bytes_received
-    frontend.txt2img(remote, PROMPT, "", steps=steps, seed=SEED)
+    chain.txt2img(remote, PROMPT, "", steps=steps, seed=SEED)
     return {"sent": remote.bytes_sent - sent0, "received": remote.bytes_received - received0}
 
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models import masks
-from models.masks import gaussian_blur
 from webapp import wire  # numpy only: the same codec as the server's
 
 COMPONENTS = ("text_encoder", "decoder", "image_encoder")
@@ -38,10 +37,8 @@ class EdgeError(RuntimeError):
 
 
 def paste_back(image: np.ndarray, decoded: np.ndarray, mask: np.ndarray, mask_blur: float) -> np.ndarray:
-    """Pixels outside the (blurred) mask are the original's, exactly as the pipeline does it."""
-    pixel_mask = gaussian_blur((np.asarray(mask).astype(np.float32) > 0).astype(np.float32),
-                               float(mask_blur)).astype(np.float32)
-    return masks.paste_back(image, decoded, pixel_mask)
+    """Pixels the blurred mask does not touch are the original's: models.masks' rule, as the chain."""
+    return masks.paste_back(image, decoded, masks.repaint_weight(mask, mask_blur))
 
 
 class EdgeModels:
@@ -166,7 +163,8 @@ class EdgeClient:
 
     def inpaint(self, prompt, image, mask, negative_prompt=None, seed=None, steps=20, guidance_scale=7.5,
                 scheduler="ddim", mask_blur=0.0, strength=1.0) -> EdgeResult:
-        """image uint8 [H, W, 3], mask [H, W] (nonzero = repaint) at the model's image size."""
+        """image uint8 [H, W, 3], mask [H, W] at the model's image size (models.masks' rule: values
+        >= 128 of 255 repaint)."""
         image, mask = np.asarray(image, np.uint8), np.asarray(mask)
         if image.shape[:2] != tuple(self.models.image_size) or mask.shape != image.shape[:2]:
             raise EdgeError(f"image {list(image.shape[:2])} and mask {list(mask.shape)} must both be "
@@ -178,7 +176,7 @@ class EdgeClient:
         t = time.perf_counter()
         tensors["image_latents"] = self.models.encode_image(image).astype(self.np_dtype)
         timings["image_encoder"] = time.perf_counter() - t
-        tensors["mask"] = ((mask > 0) * 255).astype(np.uint8)
+        tensors["mask"] = masks.repaint_mask(mask)  # the server applies the same rule again
         params = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler,
                       strength=strength, mask_blur=mask_blur, dtype=np.dtype(self.np_dtype).name)
         decoded, seeds, parameters, sent, received = self._finish(tensors, params, timings)

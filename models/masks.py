@@ -1,7 +1,18 @@
-"""Inpainting mask arithmetic in numpy only, shared by the pipeline and the edge clients.
+"""The inpainting mask rule, written once, in numpy only.
 
-The TFLite client (edge/client.py) must not import TensorFlow, yet its paste-back has to
-match the pipeline's to the pixel; both call these two functions.
+    which pixels repaint   a mask value of at least half its full scale: >= 128 for uint8 masks
+                           (white, or opaque in a brush layer's alpha), >= 0.5 for float masks;
+                           RGBA masks are read by their alpha, RGB by their brightest channel.
+                           So grey levels 1-127 keep the original, 128-254 repaint.
+    soft edges             the binary mask is blurred by `mask_blur` pixels (a Gaussian, sigma =
+                           mask_blur / 2); the blurred mask is the repaint weight m in [0, 1].
+    paste-back             keep = 1 - m; out = round(keep * original + (1 - keep) * generated)
+                           per pixel (in that order of operations, as the clients compute it), so
+                           pixels with m = 0 are exactly the original's.
+
+The pipeline, the REST API, the three-endpoint front end (all through models.chain) and the
+TFLite client (edge/client.py, which must not import TensorFlow) call these functions; the
+browser client's edge/web/imaging.js implements the same rule and is tested against them.
 """
 
 from __future__ import annotations
@@ -9,6 +20,39 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .errors import InvalidInput
+
+REPAINT_FROM = 128  # uint8 mask values from this one up repaint
+
+
+def repaint_mask(mask, size=None, invert: bool = False) -> np.ndarray:
+    """Any mask image -> uint8 [H, W]: 255 where the rule above repaints, else 0 (`invert`
+    swaps the two). `size` (H, W), when given, must be the mask's."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] in (1, 2, 3, 4):
+        mask = mask[..., -1] if mask.shape[-1] in (2, 4) else mask.max(axis=-1)
+    if mask.ndim != 2:
+        raise InvalidInput(f"the mask must be a 2-D image, got shape {list(mask.shape)}", "bad_mask")
+    if size is not None and tuple(mask.shape) != tuple(size):
+        raise InvalidInput(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "
+                           f"{size[1]}x{size[0]}", "mask_size")
+    if mask.dtype == np.bool_:
+        repaint = mask
+    elif np.issubdtype(mask.dtype, np.floating):
+        repaint = mask >= 0.5
+    else:
+        repaint = mask >= REPAINT_FROM
+    if invert:
+        repaint = ~repaint
+    return repaint.astype(np.uint8) * 255
+
+
+def check_mask_blur(mask_blur) -> float:
+    if isinstance(mask_blur, bool) or not isinstance(mask_blur, (int, float, np.floating)) \
+            or not 0 <= mask_blur <= 64:
+        raise InvalidInput(f"mask_blur must be between 0 and 64 pixels, got {mask_blur!r}", "bad_mask_blur")
+    return float(mask_blur)
 
 
 def gaussian_blur(mask: np.ndarray, radius: float) -> np.ndarray:
@@ -24,8 +68,40 @@ def gaussian_blur(mask: np.ndarray, radius: float) -> np.ndarray:
     return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, rows)
 
 
-def paste_back(image: np.ndarray, decoded: np.ndarray, pixel_mask: np.ndarray) -> np.ndarray:
-    """Pixels outside the (blurred) mask [H, W] are the original's:
-    round(keep * image + (1 - keep) * decoded), keep = 1 - mask; decoded is [B, H, W, 3]."""
-    keep = 1.0 - pixel_mask[None, :, :, None]
-    return np.round(keep * image[None] + (1.0 - keep) * decoded).astype(np.uint8)
+def repaint_weight(mask, mask_blur: float = 0.0) -> np.ndarray:
+    """The repaint weight m: float32 [H, W] in [0, 1], the blurred binary mask."""
+    binary = (repaint_mask(mask) > 0).astype(np.float32)
+    return gaussian_blur(binary, float(mask_blur)).astype(np.float32)
+
+
+def paste_back(image: np.ndarray, generated: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """keep = 1 - m; round(keep * image + (1 - keep) * generated): image [H, W, 3], generated
+    [B, H, W, 3], the repaint weight m [H, W]."""
+    keep = 1.0 - weight[None, :, :, None]
+    return np.round(keep * image[None] + (1.0 - keep) * generated).astype(np.uint8)
+
+
+def crop_box(repaint: np.ndarray, padding: int, multiple: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the repainted region's bounding box, padded by `padding`, grown to
+    multiples of `multiple` and kept inside the image ("inpaint only the masked region")."""
+    ys, xs = np.nonzero(repaint)
+    H, W = repaint.shape
+    y0, y1 = max(0, ys.min() - padding), min(H, ys.max() + 1 + padding)
+    x0, x1 = max(0, xs.min() - padding), min(W, xs.max() + 1 + padding)
+
+    def grow(a, b, limit):
+        size = min(limit, -(-(b - a) // multiple) * multiple)
+        a = max(0, min(a, limit - size))
+        return a, a + size
+
+    y0, y1 = grow(y0, y1, H)
+    x0, x1 = grow(x0, x1, W)
+    return y0, y1, x0, x1
+
+
+def resize(array: np.ndarray, size: tuple[int, int], smooth: bool = True) -> np.ndarray:
+    """uint8 image or mask -> (H, W) = size; Lanczos for pictures, nearest for masks."""
+    from PIL import Image
+
+    resample = Image.LANCZOS if smooth else Image.NEAREST
+    return np.asarray(Image.fromarray(array).resize((size[1], size[0]), resample))

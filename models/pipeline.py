@@ -10,15 +10,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
+from . import chain, masks
 from .checkpoints.assemble import NotLoaded
 from .components import Components
-from .masks import gaussian_blur, paste_back
+from .errors import InvalidInput
 from .sampling import BLEND, CONCAT, NO_INPAINT, DenoiseLoop
 from .schedulers import SCHEDULERS, get_scheduler
+from .stages import Diffused, Encoded
+from .tokenizer import TruncationWarning
 from .vae import split_moments
 
 MAX_SEED = 2**32 - 1
@@ -49,9 +53,9 @@ def to_float_image(image) -> np.ndarray:
     """uint8 [H, W, 3] (or [B, H, W, 3]) -> float32 in [-1, 1]."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
+        raise InvalidInput(f"image must be uint8 RGB, got dtype {image.dtype}")
     if image.ndim not in (3, 4) or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape [H, W, 3], got {list(image.shape)}")
+        raise InvalidInput(f"image must have shape [H, W, 3], got {list(image.shape)}")
     return image.astype(np.float32) / 127.5 - 1.0
 
 
@@ -128,7 +132,7 @@ class StableDiffusionPipeline:
         """Replace only the diffusion model (a fine-tuned UNet); the edge parts stay."""
         cfg, new = self.unet.config, unet.config
         if new.cross_attention_dim != cfg.cross_attention_dim:
-            raise ValueError(
+            raise InvalidInput(
                 f"the new UNet expects context width {new.cross_attention_dim}, "
                 f"but the text encoder produces {cfg.cross_attention_dim}"
             )
@@ -156,7 +160,7 @@ class StableDiffusionPipeline:
     def encode_image(self, images, sample=False, seed=0) -> np.ndarray:
         """Images float32 [B, H, W, 3] in [-1, 1] -> posterior mean (or a sample) * scaling."""
         if self.encoder is None:
-            raise ValueError("this model has no VAE encoder, so img2img and inpainting are unavailable")
+            raise InvalidInput("this model has no VAE encoder, so img2img and inpainting are unavailable", "no_image_encoder")
         mean, logvar = split_moments(self.encoder(np.asarray(images, np.float32), training=False))
         if sample:
             noise = tf.random.stateless_normal(tf.shape(mean), seed=[seed, 7])
@@ -171,7 +175,7 @@ class StableDiffusionPipeline:
         for name, v in (("height", height), ("width", width)):
             if v <= 0 or v % m:
                 lower, upper = max(m, v // m * m), (v // m + 1) * m
-                raise ValueError(
+                raise InvalidInput(
                     f"{name} {v} is not a positive multiple of {m}, which this model needs; "
                     f"try {lower} or {upper}"
                 )
@@ -180,21 +184,150 @@ class StableDiffusionPipeline:
     @staticmethod
     def _check_common(num_steps, guidance_scale, batch_size, scheduler):
         if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= MAX_STEPS:
-            raise ValueError(f"num_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}")
+            raise InvalidInput(f"num_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}")
         if not isinstance(guidance_scale, (int, float, np.floating)) or not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+            raise InvalidInput(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 64:
-            raise ValueError(f"batch_size must be an integer from 1 to 64, got {batch_size!r}")
+            raise InvalidInput(f"batch_size must be an integer from 1 to 64, got {batch_size!r}")
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
+            raise InvalidInput(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
 
     @staticmethod
     def _check_seed(seed):
         if seed is None:
             return secrets.randbelow(MAX_SEED + 1)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+            raise InvalidInput(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
         return int(seed)
+
+    # -- the four stages (models.stages.Stages; models.chain calls them) -------------------
+    def info(self) -> dict:
+        """The facts clients and the chain need about this model."""
+        from .checkpoints.assemble import PARTS, is_loaded
+
+        return {
+            "latent_channels": self.latent_channels,
+            "vae_factor": self.vae_factor,
+            "default_size": self.default_size,
+            "size_multiple": self.size_multiple,
+            "latent_size": self.default_size // self.vae_factor,
+            "scaling_factor": self.scaling_factor,
+            "context_shape": [self.tokenizer.max_length, self.context_dim],
+            "max_tokens": self.tokenizer.max_length - 2,
+            "inpainting_unet": bool(self.unet.config.is_inpainting),
+            "has_image_encoder": self.encoder is not None,
+            # a component server loads only its stage's networks (load_components(parts=...))
+            "loaded_networks": [n for n in PARTS if is_loaded(getattr(self.components, n))],
+        }
+
+    def encode_prompts(self, prompts, check=None) -> Encoded:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        limit = self.tokenizer.max_length - 2
+        counts = [self.tokenizer.count_tokens(p, check=check) for p in prompts]
+        with warnings.catch_warnings():  # the counts say what was truncated
+            warnings.simplefilter("ignore", TruncationWarning)
+            context = self.encode_text(prompts, check=check)
+        return Encoded(context, counts, [max(0, n - limit) for n in counts])
+
+    def decode(self, latents, check=None) -> np.ndarray:
+        return to_uint8(self.decode_latents(latents))
+
+    def encode_pixels(self, images, check=None) -> np.ndarray:
+        images = np.asarray(images)
+        pixels = to_float_image(images) if images.dtype == np.uint8 else images.astype(np.float32)
+        return self.encode_image(pixels)
+
+    def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
+                scheduler=None, height=None, width=None, image_latents=None, mask=None, masked_image_latents=None,
+                strength=1.0, mask_blur=0.0, initial_latents=None, model=None, check=None,
+                callback=None) -> Diffused:
+        """The denoising loop from text contexts (and, for img2img and inpainting, the image
+        latents and the pixel mask, read by models.masks' rule). `unconditional_context` None:
+        the empty prompt's context. `initial_latents` replace the seeded starting noise."""
+        if model not in (None, self.components.name):
+            raise InvalidInput(f"this pipeline holds one diffusion model ({self.components.name!r}), not {model!r}",
+                               "unknown_model")
+        scheduler = scheduler or DEFAULT_SCHEDULER
+        context = np.asarray(context, np.float32)
+        if context.ndim != 3 or context.shape[0] < 1:
+            raise InvalidInput(f"context must be [B, tokens, width], got {list(context.shape)}", "wrong_shape")
+        batch_size = context.shape[0]
+        self._check_common(steps, guidance_scale, batch_size, scheduler)
+        seed = self._check_seed(seed)
+        if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
+            raise InvalidInput(f"strength must be in (0, 1], got {strength!r}", "bad_strength")
+        if image_latents is not None:
+            image_latents = self._check_latents("image_latents", image_latents, batch_size)
+            height, width = image_latents.shape[1] * self.vae_factor, image_latents.shape[2] * self.vae_factor
+        height, width = self._check_size(height, width)
+        uncond = self._unconditional_context(unconditional_context, batch_size)
+        if context.shape != uncond.shape:
+            raise InvalidInput(f"context {list(context.shape)} and unconditional context {list(uncond.shape)} "
+                               "differ", "wrong_shape")
+        params = dict(steps=steps, guidance=float(guidance_scale), seed=seed, scheduler=scheduler, height=height,
+                      width=width)
+
+        h, w = height // self.vae_factor, width // self.vae_factor
+        noise = self.initial_noise(seed, batch_size, height, width)
+        if initial_latents is not None:
+            noise = np.asarray(initial_latents, np.float32)
+            expected = (batch_size, h, w, self.latent_channels)
+            if noise.shape != expected:
+                raise InvalidInput(f"latents must have shape {list(expected)}, got {list(noise.shape)}", "wrong_shape")
+        zeros = np.zeros((batch_size, h, w, self.latent_channels), np.float32)
+        latent_mask = np.ones((batch_size, h, w, 1), np.float32)
+        cond_latents, init_latents, mode = zeros, zeros, NO_INPAINT
+        if image_latents is not None:
+            init_latents = np.repeat(image_latents, batch_size // image_latents.shape[0], 0)
+            mode, cond_latents = BLEND, init_latents  # img2img: all masked, blending is a no-op
+            if mask is not None:
+                weight = masks.repaint_weight(masks.repaint_mask(mask, (height, width)),
+                                              masks.check_mask_blur(mask_blur))
+                latent_mask = self._latent_mask(weight, h, w, batch_size)
+            if self.unet.config.is_inpainting:
+                if masked_image_latents is None:
+                    raise InvalidInput("this is a 9-channel inpainting model: send masked_image_latents too (the "
+                                       "image encoder's latents of the image with the masked pixels set to 0)",
+                                       "missing_tensor")
+                masked = self._check_latents("masked_image_latents", masked_image_latents, batch_size)
+                mode, cond_latents = CONCAT, np.repeat(masked, batch_size // masked.shape[0], 0)
+                latent_mask = (latent_mask >= 0.5).astype(np.float32)
+            params.update(strength=float(strength), mask_blur=float(mask_blur))
+        elif self.unet.config.is_inpainting:
+            mode = CONCAT  # txt2img on an inpainting UNet: everything masked, nothing known
+
+        _require(self.unet)
+        loop = self._loop(scheduler, mode)
+        start = int(loop.scheduler.start_index(steps, strength)) if image_latents is not None else 0
+        if start >= steps:
+            raise InvalidInput(f"strength {strength} with {steps} steps leaves no step to run", "bad_strength")
+        args = dict(
+            num_steps=tf.constant(steps, tf.int32), context=tf.constant(context),
+            uncond=tf.constant(uncond), guidance=tf.constant(float(guidance_scale), tf.float32),
+            seed=tf.constant([seed, 1], tf.int64), mask=tf.constant(latent_mask),
+            cond_latents=tf.constant(cond_latents), noise=tf.constant(noise),
+        )
+        x = loop.prepare(tf.constant(noise), args["num_steps"], tf.constant(start, tf.int32),
+                         tf.constant(init_latents), args["noise"])
+        if callback is None and check is None:
+            x = loop.run(x, start=tf.constant(start, tf.int32), **args)
+        else:
+            state = loop.scheduler.initial_state(x)
+            for i in range(start, steps):
+                if check is not None:
+                    check()
+                x, state = loop.step(x, state, tf.constant(i, tf.int32), **args)
+                if callback is not None:
+                    callback(i - start + 1, steps - start, x.numpy())
+        return Diffused(x.numpy(), [seed + k for k in range(batch_size)], params)
+
+    def _unconditional_context(self, given, batch_size):
+        if given is None:
+            if self._uncond is None:
+                self._uncond = self.encode_text([""])
+            given = self._uncond
+        uncond = np.asarray(given, np.float32)
+        return np.repeat(uncond, batch_size, 0) if uncond.shape[0] == 1 else uncond
 
     # -- generation ----------------------------------------------------------------------
     def initial_noise(self, seed: int, batch_size: int, height: int, width: int) -> np.ndarray:
@@ -206,16 +339,6 @@ class StableDiffusionPipeline:
         ]
         return tf.stack(rows).numpy()
 
-    def _unconditional(self, negative_prompt, batch_size):
-        if negative_prompt is None or negative_prompt == "":
-            if self._uncond is None:
-                self._uncond = self.encode_text([""])
-            return np.repeat(self._uncond, batch_size, axis=0)
-        negatives = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
-        if len(negatives) != batch_size:
-            raise ValueError(f"{len(negatives)} negative prompts for a batch of {batch_size}")
-        return self.encode_text(negatives)
-
     def _loop(self, scheduler, mode):
         key = (scheduler, mode)
         if key not in self._loops:
@@ -224,173 +347,66 @@ class StableDiffusionPipeline:
                                            guidance_batching=self.guidance_batching)
         return self._loops[key]
 
-    def generate(
-        self,
-        prompt,
-        negative_prompt=None,
-        num_steps: int = 20,
-        guidance_scale: float = 7.5,
-        seed: int | None = None,
-        scheduler: str = DEFAULT_SCHEDULER,
-        height: int | None = None,
-        width: int | None = None,
-        batch_size: int = 1,
-        latents=None,
-        image=None,
-        mask=None,
-        strength: float = 1.0,
-        mask_blur: float = 0.0,
-        callback=None,
-        context=None,
-        unconditional_context=None,
-        image_latents=None,
-        masked_image_latents=None,
-        decode: bool = True,
-    ) -> Generation:
-        """The general entry point behind text_to_image, image_to_image and inpaint.
+    def generate(self, prompt, negative_prompt=None, num_steps: int = 20, guidance_scale: float = 7.5,
+                 seed: int | None = None, scheduler: str = DEFAULT_SCHEDULER, height: int | None = None,
+                 width: int | None = None, batch_size: int = 1, latents=None, image=None, mask=None,
+                 strength: float = 1.0, mask_blur: float = 0.0, callback=None, context=None,
+                 unconditional_context=None, image_latents=None, masked_image_latents=None,
+                 decode: bool = True) -> Generation:
+        """One entry point for txt2img, img2img and inpainting, through models.chain.
 
-        `context`/`unconditional_context` let a caller (the split-deployment diffusion endpoint)
-        pass text embeddings computed elsewhere instead of prompts.
-        `image_latents` (and, for a 9-channel inpainting UNet, `masked_image_latents`: the image
-        with the masked pixels zeroed) stand in for `image` when the image encoder ran on the
-        client; the mask is still given in pixels, and the client pastes the unmasked pixels back.
-        `decode=False` skips the VAE decoder (a diffusion-only server): `images` is then None.
+        `context`/`unconditional_context` (text embeddings computed elsewhere) and `image_latents`
+        (with `masked_image_latents` for a 9-channel UNet: the image encoder ran on a client)
+        go straight to the diffusion stage; the client then pastes the unmasked pixels back.
+        `decode=False` skips the VAE decoder: `images` is then None.
         `callback(step, num_steps, latents)` runs after every step; raise Cancelled to stop.
         """
-        self._check_common(num_steps, guidance_scale, batch_size, scheduler)
-        seed = self._check_seed(seed)
-        if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-        if image is not None and image_latents is not None:
-            raise ValueError("give either image or image_latents, not both")
+        if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 64:
+            raise InvalidInput(f"batch_size must be an integer from 1 to 64, got {batch_size!r}", "bad_batch")
+        common = dict(steps=num_steps, guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
+                      callback=callback)
         if image is not None:
-            image = np.asarray(image)
-            height, width = image.shape[0], image.shape[1]
-        if image_latents is not None:
-            image_latents = self._check_latents("image_latents", image_latents, batch_size)
-            height, width = image_latents.shape[1] * self.vae_factor, image_latents.shape[2] * self.vae_factor
-        height, width = self._check_size(height, width)
-        params = dict(
-            prompt=prompt, negative_prompt=negative_prompt or "", steps=num_steps,
-            guidance=float(guidance_scale), seed=seed, scheduler=scheduler, height=height,
-            width=width, batch_size=batch_size,
-        )
-
+            if image_latents is not None:
+                raise InvalidInput("give either image or image_latents, not both")
+            if mask is None:
+                r = chain.img2img(self, prompt, image, negative_prompt, strength=strength, batch_size=batch_size,
+                                  **common)
+            else:
+                r = chain.inpaint(self, prompt, image, mask, negative_prompt, batch_size=batch_size,
+                                  strength=strength, mask_blur=mask_blur, **common)
+            return Generation(r.images, r.latents, r.seeds, r.parameters)
+        if context is None and image_latents is None:
+            r = chain.txt2img(self, prompt, negative_prompt, height=height, width=width, batch_size=batch_size,
+                              initial_latents=latents, decode=decode, **common)
+            return Generation(r.images, r.latents, r.seeds, r.parameters)
+        # latent level: contexts and/or image latents computed elsewhere
         if context is None:
-            prompts = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
-            if len(prompts) != batch_size:
-                raise ValueError(f"{len(prompts)} prompts for a batch of {batch_size}")
-            context = self.encode_text(prompts)
+            context, negative_context, _, _ = chain.contexts(self, prompt, negative_prompt, batch_size, None)
+            unconditional_context = negative_context if unconditional_context is None else unconditional_context
         context = np.asarray(context, np.float32)
         if context.shape[0] == 1 and batch_size > 1:
             context = np.repeat(context, batch_size, 0)
-        if unconditional_context is None:
-            unconditional_context = self._unconditional(negative_prompt, batch_size)
-        uncond = np.asarray(unconditional_context, np.float32)
-        if uncond.shape[0] == 1 and batch_size > 1:
-            uncond = np.repeat(uncond, batch_size, 0)
-        if context.shape != uncond.shape or context.shape[0] != batch_size:
-            raise ValueError(f"context {context.shape} and unconditional context {uncond.shape} differ")
-
-        h, w = height // self.vae_factor, width // self.vae_factor
-        noise = self.initial_noise(seed, batch_size, height, width)
-        if latents is not None:
-            latents = np.asarray(latents, np.float32)
-            expected = (batch_size, h, w, self.latent_channels)
-            if latents.shape != expected:
-                raise ValueError(f"latents must have shape {list(expected)}, got {list(latents.shape)}")
-            noise = latents
-
-        zeros = np.zeros((batch_size, h, w, self.latent_channels), np.float32)
-        latent_mask = np.ones((batch_size, h, w, 1), np.float32)
-        cond_latents, mode, pixel_mask = zeros, NO_INPAINT, None
-        init_latents = zeros
-        if image is not None:
-            pixels = to_float_image(image)[None]
-            init_latents = np.repeat(self.encode_image(pixels), batch_size, 0)
-            if mask is not None:
-                pixel_mask = self._prepare_mask(mask, image.shape[:2], mask_blur)
-                latent_mask = self._latent_mask(pixel_mask, h, w, batch_size)
-                if self.unet.config.is_inpainting:
-                    mode = CONCAT
-                    masked = pixels * (pixel_mask[None, :, :, None] < 0.5)
-                    cond_latents = np.repeat(self.encode_image(masked), batch_size, 0)
-                    latent_mask = (latent_mask >= 0.5).astype(np.float32)
-                else:
-                    mode, cond_latents = BLEND, init_latents
-            else:
-                mode, cond_latents = BLEND, init_latents  # img2img: all masked, blending is a no-op
-            params.update(strength=float(strength), mask_blur=float(mask_blur))
-        elif image_latents is not None:
-            init_latents = np.repeat(image_latents, batch_size // image_latents.shape[0], 0)
-            mode, cond_latents = BLEND, init_latents
-            if mask is not None:
-                latent_mask = self._latent_mask(self._prepare_mask(mask, (height, width), mask_blur), h, w,
-                                                batch_size)
-            if self.unet.config.is_inpainting:
-                if masked_image_latents is None:
-                    raise ValueError("this is a 9-channel inpainting model: send masked_image_latents too (the "
-                                     "image encoder's latents of the image with the masked pixels set to 0)")
-                masked = self._check_latents("masked_image_latents", masked_image_latents, batch_size)
-                mode, cond_latents = CONCAT, np.repeat(masked, batch_size // masked.shape[0], 0)
-                latent_mask = (latent_mask >= 0.5).astype(np.float32)
-            params.update(strength=float(strength), mask_blur=float(mask_blur))
-        elif self.unet.config.is_inpainting:
-            mode = CONCAT  # txt2img on an inpainting UNet: everything masked, nothing known
-            cond_latents = zeros
-
-        _require(self.unet)
-        loop = self._loop(scheduler, mode)
-        has_image = image is not None or image_latents is not None
-        start = int(loop.scheduler.start_index(num_steps, strength)) if has_image else 0
-        if start >= num_steps:
-            raise ValueError(f"strength {strength} with {num_steps} steps leaves no step to run")
-        args = dict(
-            num_steps=tf.constant(num_steps, tf.int32), context=tf.constant(context),
-            uncond=tf.constant(uncond), guidance=tf.constant(float(guidance_scale), tf.float32),
-            seed=tf.constant([seed, 1], tf.int64), mask=tf.constant(latent_mask),
-            cond_latents=tf.constant(cond_latents), noise=tf.constant(noise),
-        )
-        x = loop.prepare(tf.constant(noise), args["num_steps"], tf.constant(start, tf.int32),
-                         tf.constant(init_latents), args["noise"])
-        if callback is None:
-            x = loop.run(x, start=tf.constant(start, tf.int32), **args)
-        else:
-            state = loop.scheduler.initial_state(x)
-            for i in range(start, num_steps):
-                x, state = loop.step(x, state, tf.constant(i, tf.int32), **args)
-                callback(i - start + 1, num_steps - start, x.numpy())
-        final = x.numpy()
-        if not decode:
-            return Generation(images=None, latents=final, seeds=[seed + k for k in range(batch_size)],
-                              parameters=params)
-        images = to_uint8(self.decode_latents(final))
-        if pixel_mask is not None:  # paste back: pixels outside the mask are the original's
-            images = paste_back(image, images, pixel_mask)
-        return Generation(images=images, latents=final, seeds=[seed + k for k in range(batch_size)],
-                          parameters=params)
+        if context.shape[0] != batch_size:
+            raise InvalidInput(f"{context.shape[0]} contexts for a batch of {batch_size}", "wrong_shape")
+        gen = self.diffuse(context, unconditional_context, height=height, width=width, image_latents=image_latents,
+                           mask=mask, masked_image_latents=masked_image_latents, strength=strength,
+                           mask_blur=mask_blur, initial_latents=latents, **common)
+        images = self.decode(gen.latents) if decode else None
+        params = {**gen.parameters, "prompt": prompt, "negative_prompt": negative_prompt or ""}
+        return Generation(images, gen.latents, gen.seeds, params)
 
     def _check_latents(self, name, latents, batch_size):
         latents = np.asarray(latents, np.float32)
-        if latents.ndim != 4 or latents.shape[-1] != 4 or latents.shape[0] not in (1, batch_size):
-            raise ValueError(f"{name} must have shape [1 or {batch_size}, h, w, 4], got {list(latents.shape)}")
+        if latents.ndim != 4 or latents.shape[-1] != self.latent_channels or latents.shape[0] not in (1, batch_size):
+            raise InvalidInput(f"{name} must have shape [1 or {batch_size}, h, w, {self.latent_channels}], got "
+                               f"{list(latents.shape)}", "wrong_shape")
         if not np.all(np.isfinite(latents)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+            raise InvalidInput(f"{name} contains NaN or infinite values", "not_finite")
         return latents
 
-    def _prepare_mask(self, mask, size, blur):
-        mask = np.asarray(mask)
-        if mask.ndim == 3 and mask.shape[-1] in (1, 3, 4):
-            mask = mask[..., -1] if mask.shape[-1] == 4 else mask.max(axis=-1)
-        if mask.shape != tuple(size):
-            raise ValueError(f"mask size {list(mask.shape[:2])} differs from image size {list(size)}")
-        mask = (mask.astype(np.float32) > 0).astype(np.float32)
-        if not (isinstance(blur, (int, float)) and 0 <= blur <= 64):
-            raise ValueError(f"mask_blur must be between 0 and 64 pixels, got {blur!r}")
-        return gaussian_blur(mask, float(blur)).astype(np.float32)
-
-    def _latent_mask(self, pixel_mask, h, w, batch_size):
-        m = tf.image.resize(pixel_mask[None, :, :, None], (h, w), method="area").numpy()
+    def _latent_mask(self, weight, h, w, batch_size):
+        """The repaint weight at latent resolution (area average of the pixel weight)."""
+        m = tf.image.resize(weight[None, :, :, None], (h, w), method="area").numpy()
         return np.repeat(np.clip(m, 0.0, 1.0), batch_size, 0).astype(np.float32)
 
     # -- the stable public API -----------------------------------------------------------
@@ -411,7 +427,7 @@ class StableDiffusionPipeline:
                 callback=None) -> np.ndarray:
         """`mask` [H, W]: nonzero (painted) = repaint, as in diffusers, A1111 and Gradio."""
         if mask is None:
-            raise ValueError("inpaint needs a mask")
+            raise InvalidInput("inpaint needs a mask")
         return self.generate(prompt, negative_prompt, num_steps, guidance_scale, seed, scheduler,
                              batch_size=batch_size, image=image, mask=mask, strength=strength,
                              mask_blur=mask_blur, callback=callback).images

@@ -228,18 +228,20 @@ def test_python_client_reports_server_errors(edge_export, server_url, tmp_path):
     assert proc.returncode == 1 and "no manifest.json" in proc.stderr
 
 
-def test_paste_back_matches_the_pipeline():
-    """The client binarises and blurs the painted mask as the pipeline's _prepare_mask does."""
+def test_paste_back_follows_the_mask_rule():
+    """The client reads a grey-level mask by models.masks' rule (>= 128 repaints), blurs and
+    pastes back as the chain does."""
     from models import masks
-    from models.pipeline import StableDiffusionPipeline
 
     rng = np.random.default_rng(0)
-    mask = (rng.random((16, 16)) > 0.7).astype(np.uint8) * 255
+    mask = rng.integers(0, 256, (16, 16)).astype(np.uint8)  # every grey level, not only 0/255
     image = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
     decoded = rng.integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)
-    pixel_mask = StableDiffusionPipeline._prepare_mask(None, mask, (16, 16), 3)
     np.testing.assert_array_equal(edge_client.paste_back(image, decoded, mask, 3),
-                                  masks.paste_back(image, decoded, pixel_mask))
+                                  masks.paste_back(image, decoded, masks.repaint_weight(mask, 3)))
+    kept = edge_client.paste_back(image, decoded, mask, 0)[0]
+    np.testing.assert_array_equal(kept[mask < 128], image[mask < 128])
+    np.testing.assert_array_equal(kept[mask >= 128], decoded[0][mask >= 128])
 
 
 # -- the browser page (TF.js in headless Chromium) -------------------------------------------
@@ -363,7 +365,7 @@ def test_browser_inpaint_matches_all_in_one(page, server_url, tmp_path):
     print(f"browser inpaint: PSNR {value:.1f} dB, painted {(mask > 0).sum()} px, sent {last['sent']} B, "
           f"received {last['received']} B, stages {last['timings']}")
     assert value >= MIN_PSNR
-    untouched = edge_client.gaussian_blur((mask > 0).astype(np.float32), 3) == 0
+    untouched = masks.repaint_weight(mask, 3) == 0
     np.testing.assert_array_equal(pixels[untouched], image[untouched])
     page.click("#tab-txt2img")
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from exports import ExportError, export, find_artifact, read_manifest, verify
 from exports import node_runner
+from models import masks
 from exports import tflite as tflite_mod
 from exports.warmup import read_warmup
 from models.pipeline import to_uint8
@@ -202,7 +203,7 @@ def test_diffusion_inpaint_signature_reproduces_pipeline(loaded, pipe, manifest,
     ref = pipe.generate(PROMPTS[1], seed=3, num_steps=5, scheduler=scheduler, image=image, mask=mask,
                         strength=strength)
     h = size // pipe.vae_factor
-    latent_mask = pipe._latent_mask(pipe._prepare_mask(mask, image.shape[:2], 0.0), h, h, 1)
+    latent_mask = pipe._latent_mask(masks.repaint_weight(mask, 0.0), h, h, 1)
     fn = loaded("diffusion").signatures["inpaint"]
     got = fn(context=tf.constant(pipe.encode_text([PROMPTS[1]])), unconditional_context=tf.constant(pipe.encode_text([""])),
              seed=tf.constant([3], tf.int64), guidance_scale=tf.constant([7.5]), num_steps=tf.constant([5]),

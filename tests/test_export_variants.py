@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from exports import export, find_artifact
+from models import masks
 from exports import tflite as tflite_mod
 from tests.conftest import random_components
 from tests.test_export import rel_err
@@ -39,7 +40,7 @@ def test_inpainting_unet_exports_concat_signatures(tmp_path):
     mask[: size // 2] = 255
     ref = pipe.generate("a cat", seed=5, num_steps=3, image=image, mask=mask, strength=1.0)
     h = size // pipe.vae_factor
-    pixel_mask = pipe._prepare_mask(mask, (size, size), 0.0)
+    pixel_mask = masks.repaint_weight(mask, 0.0)
     pixels = image[None].astype(np.float32) / 127.5 - 1.0
     got = model.signatures["inpaint"](
         **common, mask=tf.constant(pipe._latent_mask(pixel_mask, h, h, 1)),

@@ -89,10 +89,15 @@ def test_inpaint_mask_blur_feathers_only_near_the_edge(tiny_pipeline, rng):
     np.testing.assert_array_equal(out[far], image[far])
 
 
-def test_inpaint_all_zero_mask_returns_the_image(tiny_pipeline, rng):
+def test_inpaint_with_nothing_to_repaint_is_an_error(tiny_pipeline, rng):
+    """The same answer as the REST API's (one chain): a mask with no value >= 128 repaints nothing."""
+    from models.errors import InvalidInput
+
     image, _ = _image_and_mask(rng)
-    out = tiny_pipeline.inpaint(PROMPT, image, np.zeros((64, 64)), num_steps=2, seed=0)[0]
-    np.testing.assert_array_equal(out, image)
+    for mask in (np.zeros((64, 64)), np.full((64, 64), 127, np.uint8)):
+        with pytest.raises(InvalidInput, match="mask is empty") as e:
+            tiny_pipeline.inpaint(PROMPT, image, mask, num_steps=2, seed=0)
+        assert e.value.code == "empty_mask"
 
 
 def test_inpaint_all_one_mask_runs_like_txt2img(tiny_pipeline, rng):

@@ -360,26 +360,27 @@ def test_check_is_called_and_its_exception_propagates(tok):
     assert tok.tokenize("a cat", check=lambda: None).tolist() == tok.tokenize("a cat").tolist()
 
 
-def test_engine_encode_passes_the_job_check(tok):
-    """LocalEngine.encode tokenizes with job.check, so Stop / the time limit reach a long prompt."""
-    import threading
+def test_the_encode_stage_passes_the_check_to_the_tokenizer(tok):
+    """The text-encoder stage (pipeline.encode_prompts, which every server and the chain call)
+    tokenizes with the job's check, so Stop / the time limit reach a long prompt."""
     from types import SimpleNamespace
 
-    from webapp.engine import LocalEngine
+    from models.pipeline import StableDiffusionPipeline
 
     class Stop(Exception):
         pass
 
-    class StoppedJob:
-        def check(self):
-            raise Stop
+    def stopped():
+        raise Stop
 
     encoded = []
     pipe = SimpleNamespace(tokenizer=tok, encode_text=lambda prompts, check=None: encoded.append(check))
-    engine = SimpleNamespace(pipe=pipe, lock=threading.Lock())
     with pytest.raises(Stop):
-        LocalEngine.encode(engine, ["x" * 24_000], job=StoppedJob())
-    assert encoded == []  # stopped before the model slot was taken
-    job = SimpleNamespace(check=lambda: None)
-    LocalEngine.encode(engine, ["a cat"], job=job)
-    assert encoded == [job.check]
+        StableDiffusionPipeline.encode_prompts(pipe, ["x" * 24_000], check=stopped)
+    assert encoded == []  # stopped before the text encoder ran
+
+    def fine():
+        return None
+
+    StableDiffusionPipeline.encode_prompts(pipe, ["a cat"], check=fine)
+    assert encoded == [fine]

@@ -48,7 +48,7 @@ def test_encode_default_dtype_is_float16(client):
 
 
 def test_diffuse_matches_pipeline_and_returns_seeds(client, engine):
-    ctx = engine.pipe.encode_text([PROMPT, PROMPT])
+    ctx = np.repeat(engine.pipe.encode_text([PROMPT]), 2, 0)  # one prompt is encoded once, as the chain does
     r = post_wire(client, "/api/v1/diffuse", tensors(context=ctx), seed=11, steps=3, scheduler="euler")
     assert r.status_code == 200 and r.headers["x-seeds"] == "11,12"
     t, meta = wire.decode(r.content)
@@ -285,11 +285,11 @@ class SlowEngine:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def diffuse(self, *args, job=None, **kw):
+    def diffuse(self, *args, check=None, **kw):
         self.started.set()
         while not self.release.wait(0.05):
-            job.check()
-        return self.inner.diffuse(*args, job=job, **kw)
+            check()
+        return self.inner.diffuse(*args, check=check, **kw)
 
 
 def test_full_queue_answers_503_with_retry_after(engine):

@@ -177,7 +177,7 @@ def test_txt2img_limits_through_gradio(open_url, engine, monkeypatch, change, me
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    monkeypatch.setattr(engine, "encode", no_work)
+    monkeypatch.setattr(engine, "encode_prompts", no_work)
     with pytest.raises(AppError, match=message):
         Client(open_url + "/", verbose=False).predict(*txt2img_args(**change), api_name="/txt2img")
 
@@ -188,7 +188,7 @@ def no_work(*a, **k):
 
 def test_nan_guidance_through_gradio(open_url, engine, monkeypatch):
     """NaN passes Gradio's slider range check (every comparison with NaN is false)."""
-    monkeypatch.setattr(engine, "encode", no_work)
+    monkeypatch.setattr(engine, "encode_prompts", no_work)
     event, data = call(open_url, "txt2img", txt2img_args(guidance=float("nan")))
     assert event == "error" and "guidance scale must be between 0 and 50, got nan" in data, data
 
@@ -196,7 +196,7 @@ def test_nan_guidance_through_gradio(open_url, engine, monkeypatch):
 def test_inpaint_image_size_is_checked_before_any_work(open_url, engine, monkeypatch):
     """An image over max_side is refused before encoding, with or without only_masked (the
     path that skipped the resize), and so is a mask over it."""
-    monkeypatch.setattr(engine, "encode", no_work)
+    monkeypatch.setattr(engine, "encode_prompts", no_work)
     big = file_data(upload(open_url, png(np.zeros((512, 256, 3), np.uint8))))
     mask = np.zeros((512, 256), np.uint8)
     mask[:32, :32] = 255
@@ -212,7 +212,7 @@ def test_inpaint_image_size_is_checked_before_any_work(open_url, engine, monkeyp
 
 
 def test_inpaint_limits_through_gradio(open_url, engine, monkeypatch):
-    monkeypatch.setattr(engine, "encode", no_work)
+    monkeypatch.setattr(engine, "encode_prompts", no_work)
     small = file_data(upload(open_url, png(np.zeros((64, 64, 3), np.uint8))))
     editor = {"background": small, "layers": [], "composite": None}
     for args, message in [(inpaint_data(editor, steps=51), "steps 51 is over" + SLIDER),

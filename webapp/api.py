@@ -19,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.schedulers import SCHEDULERS
 
-from . import frontend, wire
+from models import chain
+from models.pipeline import MAX_SEED
+
+from . import wire
 from .errors import ApiError, error_responses
 from .images import load_image, png_b64
 from .limits import Limits, read_body
 
-MAX_SEED = 2**32 - 1
 # the schema's documented bounds are the default limits; the server's own (Limits, from the
 # environment) are checked in the handlers
 MAX_PROMPT_CHARS = Limits.max_prompt_chars
@@ -139,7 +141,7 @@ def build_routers(server) -> list:
             raise ApiError(400, "too_many_prompts", f"{len(req.prompts)} prompts; the limit is {L.max_prompts}")
         for p in req.prompts:
             check_prompt(p)
-        enc = await server.gate.run(lambda job: server.engine.encode(req.prompts, job=job), request)
+        enc = await server.gate.run(lambda job: server.engine.encode_prompts(req.prompts, check=job.check), request)
         body = wire.encode({"context": enc.context.astype(req.dtype)},
                            {"token_counts": enc.token_counts, "truncated": enc.truncated})
         return Response(body, media_type=wire.MEDIA_TYPE)
@@ -155,16 +157,19 @@ def build_routers(server) -> list:
                  description=WIRE_DOC)
     async def diffuse(request: Request,
                       seed: int | None = Query(None, ge=0, le=MAX_SEED, description="random when left out; returned"),
-                      steps: int = Query(20, ge=1, le=L.max_steps),
+                      steps: int = Query(20, ge=1, description="at most the server's max_steps"),
                       guidance_scale: float = Query(7.5, ge=0, le=MAX_GUIDANCE),
                       scheduler: Scheduler | None = Query(None),
                       strength: float = Query(1.0, gt=0, le=1),
                       mask_blur: float = Query(0.0, ge=0, le=64),
                       dtype: Literal["float16", "float32"] | None = Query(None, description="default: the context's"),
-                      height: int | None = Query(None, ge=8, le=L.max_side, description="txt2img only; default the model's"),
-                      width: int | None = Query(None, ge=8, le=L.max_side),
+                      height: int | None = Query(None, ge=8, description="txt2img only; default the model's; "
+                                                 "at most the server's max_side"),
+                      width: int | None = Query(None, ge=8),
                       model: str | None = Query(None, max_length=200)):
         hosts("diffusion")
+        L.check_steps(steps)  # the same limits, codes and statuses as txt2img and inpaint
+        L.check_size(height, width)
         check_guidance(guidance_scale)
         model = check_model(model)
         tensors = _read_tensors(await read_body(request, L.max_body_bytes), request)
@@ -176,7 +181,7 @@ def build_routers(server) -> list:
                                          guidance_scale=guidance_scale, scheduler=scheduler, height=height,
                                          width=width, image_latents=t.get("image_latents"), mask=t.get("mask"),
                                          masked_image_latents=t.get("masked_image_latents"), strength=strength,
-                                         mask_blur=mask_blur, model=model, job=job)
+                                         mask_blur=mask_blur, model=model, check=job.check)
 
         gen = await server.gate.run(work, request)
         seeds = [int(s) for s in gen.seeds]
@@ -197,7 +202,7 @@ def build_routers(server) -> list:
         info = server.engine.info()
         latents = _latents(tensors, "latents", info, L, required=True)
         check_batch(latents.shape[0])
-        images = await server.gate.run(lambda job: server.engine.decode(latents, job=job), request)
+        images = await server.gate.run(lambda job: server.engine.decode(latents, check=job.check), request)
         if wire.MEDIA_TYPE in request.headers.get("accept", ""):
             return Response(wire.encode({"images": images}), media_type=wire.MEDIA_TYPE)
         if len(images) == 1:
@@ -231,7 +236,7 @@ def build_routers(server) -> list:
             raise ApiError(400, "wrong_shape", "tensor `image` holds no images (batch 0)")
         check_batch(images.shape[0])
         _check_pixels(images.shape[1], images.shape[2], server.engine.info(), L)
-        latents = await server.gate.run(lambda job: server.engine.encode_image(images, job=job), request)
+        latents = await server.gate.run(lambda job: server.engine.encode_pixels(images, check=job.check), request)
         return Response(wire.encode({"image_latents": latents.astype(np.float32)}), media_type=wire.MEDIA_TYPE)
 
     # -- all in one ----------------------------------------------------------------------
@@ -266,10 +271,10 @@ def build_routers(server) -> list:
         model = check_model(req.model)
 
         def work(job):
-            return frontend.txt2img(server.engine, req.prompt, req.negative_prompt, steps=req.steps,
-                                    guidance_scale=req.guidance_scale, seed=req.seed, scheduler=req.scheduler,
-                                    height=req.height, width=req.width, batch_size=req.batch_size,
-                                    model=model, job=job)
+            return chain.txt2img(server.engine, req.prompt, req.negative_prompt, steps=req.steps,
+                                 guidance_scale=req.guidance_scale, seed=req.seed, scheduler=req.scheduler,
+                                 height=req.height, width=req.width, batch_size=req.batch_size, model=model,
+                                 check=job.check)
 
         return images_response(await server.gate.run(work, request), request)
 
@@ -300,12 +305,10 @@ def build_routers(server) -> list:
         info = server.engine.info()
 
         def work(job):
-            return frontend.inpaint(server.engine, prompt, img, msk, negative_prompt, steps=steps,
-                                    guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
-                                    batch_size=batch_size, strength=strength, mask_blur=mask_blur,
-                                    invert_mask=invert_mask, only_masked=only_masked, padding=padding, model=model,
-                                    job=job, multiple=info["size_multiple"], inpainting_unet=info["inpainting_unet"],
-                                    work_size=info["default_size"])
+            return chain.inpaint(server.engine, prompt, img, msk, negative_prompt, steps=steps,
+                                 guidance_scale=guidance_scale, seed=seed, scheduler=scheduler, batch_size=batch_size,
+                                 strength=strength, mask_blur=mask_blur, invert_mask=invert_mask,
+                                 only_masked=only_masked, padding=padding, model=model, check=job.check)
 
         if not info["has_image_encoder"]:
             raise ApiError(400, "no_image_encoder", "this model has no VAE encoder, so inpainting is unavailable")

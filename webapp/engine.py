@@ -1,32 +1,25 @@
-"""The model side of the server: the four stages (encode, diffuse, decode, encode_image) on a
-local pipeline, and the models directory (fine-tuned diffusion models to swap in).
+"""The model side of a server: the four stages (models.stages.Stages) on a local pipeline,
+behind one lock, and the models directory (fine-tuned diffusion models to swap in).
 
-A front end (webapp.frontend) chains the stages; in the split deployment the same chain runs
-against remote stages (webapp.split_client.RemoteEngine), which is why both deployments give
-the same image for the same seed.
+models.chain runs requests over these stages; a three-endpoint front end runs the same chain
+over remote stages (webapp.split_client.RemoteEngine), which is why both deployments give the
+same image for the same seed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
-import warnings
 
 import numpy as np
+
+from models.stages import Diffused, Encoded
 
 from .errors import ApiError
 
 UNET_FILE_EXTS = (".safetensors", ".h5")
 log = logging.getLogger("webapp")
-
-
-@dataclasses.dataclass
-class Encoded:
-    context: np.ndarray  # float32 [B, 77, D]
-    token_counts: list  # tokens per prompt, without the start/end tokens
-    truncated: list  # tokens dropped per prompt (0 when it fit)
 
 
 def _inside(root: str, path: str) -> bool:
@@ -122,83 +115,29 @@ class LocalEngine:
             self.current = name
 
     def info(self) -> dict:
-        from models.checkpoints.assemble import PARTS, is_loaded
-
-        p = self.pipe
-        tok = p.tokenizer
-        return {
-            "base_model": self.base_name,
-            "current": self.current,
-            "models": self.model_names(),
-            "fine_tuned": [n for n in self.model_names() if n != self.base_name],
-            "latent_channels": p.latent_channels,
-            "vae_factor": p.vae_factor,
-            "default_size": p.default_size,
-            "size_multiple": p.size_multiple,
-            "latent_size": p.default_size // p.vae_factor,
-            "scaling_factor": p.scaling_factor,
-            "context_shape": [tok.max_length, p.context_dim],
-            "max_tokens": tok.max_length - 2,
-            "inpainting_unet": bool(p.unet.config.is_inpainting),
-            "has_image_encoder": p.encoder is not None,
-            # a component server loads only its stage's networks (webapp.server.NETWORKS)
-            "loaded_networks": [n for n in PARTS if is_loaded(getattr(p.components, n))],
-        }
+        return {"base_model": self.base_name, "current": self.current, "models": self.model_names(),
+                "fine_tuned": [n for n in self.model_names() if n != self.base_name], **self.pipe.info()}
 
     def count_tokens(self, text: str) -> int:
         return self.pipe.tokenizer.count_tokens(text)
 
-    # -- the four stages -----------------------------------------------------------------
-    def encode(self, prompts: list, job=None) -> Encoded:
-        tok = self.pipe.tokenizer
-        limit = tok.max_length - 2
-        check = job.check if job is not None else None  # Stop and the time limit reach tokenization
-        counts = [tok.count_tokens(p, check=check) for p in prompts]
-        with self.lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            context = self.pipe.encode_text(list(prompts), check=check)
-        return Encoded(context, counts, [max(0, n - limit) for n in counts])
-
-    def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
-                scheduler=None, height=None, width=None, image_latents=None, mask=None,
-                masked_image_latents=None, strength=1.0, mask_blur=0.0, model=None, job=None, callback=None):
-        from models.pipeline import DEFAULT_SCHEDULER
-
-        def step(i, n, latents):
-            if job is not None:
-                job.check()
-            if callback is not None:
-                callback(i, n, latents)
-
+    # -- the four stages (models.stages.Stages), one model run at a time ---------------------
+    def encode_prompts(self, prompts: list, check=None) -> Encoded:
         with self.lock:
-            self.use_model(model)
-            gen = self.pipe.generate(
-                None, num_steps=steps, guidance_scale=guidance_scale, seed=seed,
-                scheduler=scheduler or DEFAULT_SCHEDULER, height=height, width=width,
-                batch_size=int(context.shape[0]), context=context, unconditional_context=unconditional_context,
-                image_latents=image_latents, mask=mask, masked_image_latents=masked_image_latents,
-                strength=strength, mask_blur=mask_blur, callback=step, decode=False,
-            )
+            return self.pipe.encode_prompts(list(prompts), check=check)
+
+    def diffuse(self, context, unconditional_context=None, *, model=None, **options) -> Diffused:
+        """As the pipeline's, on the named diffusion model of the models folder (None: the base)."""
+        with self.lock:
+            self.use_model(model or self.base_name)
+            gen = self.pipe.diffuse(context, unconditional_context, **options)
         gen.parameters["model"] = self.current
-        for key in ("prompt", "negative_prompt", "batch_size"):
-            gen.parameters.pop(key, None)  # the diffusion stage never sees the prompts
         return gen
 
-    def decode(self, latents, job=None) -> np.ndarray:
-        from models.pipeline import to_uint8
-
+    def decode(self, latents, check=None) -> np.ndarray:
         with self.lock:
-            return to_uint8(self.pipe.decode_latents(latents))
+            return self.pipe.decode(latents, check=check)
 
-    def decode_float(self, latents) -> np.ndarray:
+    def encode_pixels(self, images, check=None) -> np.ndarray:
         with self.lock:
-            return self.pipe.decode_latents(latents)
-
-    def encode_image(self, images, job=None) -> np.ndarray:
-        """uint8 [B, H, W, 3] (or float32 in [-1, 1]) -> image latents (posterior mean x scaling)."""
-        from models.pipeline import to_float_image
-
-        images = np.asarray(images)
-        pixels = to_float_image(images) if images.dtype == np.uint8 else images.astype(np.float32)
-        with self.lock:
-            return self.pipe.encode_image(pixels)
+            return self.pipe.encode_pixels(images, check=check)

@@ -1,9 +1,10 @@
 """Errors as JSON: {"error": {"code": ..., "message": ...}} with a 4xx that names the problem.
 
 Bad input must never surface as a 500, so every exception a request can provoke is mapped
-here: ApiError (raised by our own checks), WireError (malformed tensor messages), ValueError
-(the pipeline's input validation), FastAPI's request validation errors. Anything else is a
-bug and is logged; the client gets a 500 without internals.
+here, in one place: ApiError (the web layer's own checks), WireError (malformed tensor
+messages), models.errors.InvalidInput (the generation chain's input validation, with its own
+code), FastAPI's request validation errors. Anything else, a plain ValueError included, is a
+bug: it is logged and the client gets a 500 without internals.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
+
+from models.errors import InvalidInput
 
 from .wire import WireError
 
@@ -98,9 +101,9 @@ def install(app: FastAPI) -> None:
     async def _wire(_: Request, exc: WireError):
         return error_response(400, "bad_tensor_message", str(exc))
 
-    @app.exception_handler(ValueError)
-    async def _value(_: Request, exc: ValueError):
-        return error_response(400, "invalid_input", str(exc))
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_: Request, exc: InvalidInput):
+        return error_response(400, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

@@ -1,7 +1,7 @@
 """The three-endpoint deployment's client side: the stages as HTTP calls to remote servers.
 
 A front end started with --text-encoder-url, --diffusion-url and --decoder-url uses a
-RemoteEngine in place of a LocalEngine; webapp.frontend then chains the same four stages,
+RemoteEngine in place of a LocalEngine; models.chain then runs the same four stages,
 so txt2img gives the image the all-in-one server gives. Tensors travel float32 by default
 (exact); dtype="float16" halves the bytes at a small numerical cost.
 
@@ -26,14 +26,11 @@ import time
 import httpx
 import numpy as np
 
+from models.errors import InvalidInput
+from models.stages import Diffused, Encoded
+
 from . import wire
-from .engine import Encoded
 from .errors import ApiError
-
-
-class Generated:
-    def __init__(self, latents, seeds, parameters):
-        self.latents, self.seeds, self.parameters = latents, seeds, parameters
 
 
 class RemoteEngine:
@@ -54,14 +51,14 @@ class RemoteEngine:
     # -- plumbing ------------------------------------------------------------------------
     POLL_S = 0.1  # how often a call made for a job checks whether the job was cancelled
 
-    def _post(self, stage, path, *, params=None, json_body=None, content=None, accept=None, job=None):
+    def _post(self, stage, path, *, params=None, json_body=None, content=None, accept=None, check=None):
         headers = {"Content-Type": wire.MEDIA_TYPE} if content is not None else {}
         if accept:
             headers["Accept"] = accept
         request = dict(url=f"{self.urls[stage]}{path}", params=params, json=json_body, content=content,
                        headers=headers)
         try:
-            r = self.client.post(**request) if job is None else asyncio.run(self._post_for_job(request, job))
+            r = self.client.post(**request) if check is None else asyncio.run(self._post_watching(request, check))
         except httpx.HTTPError as e:
             raise ApiError(502, "upstream_unreachable", f"the {stage} endpoint is unreachable: {e}") from None
         self.bytes_sent += len(r.request.content or b"")
@@ -77,8 +74,8 @@ class RemoteEngine:
             raise ApiError(status, code, f"{stage} endpoint: {message}", headers)
         return r
 
-    async def _post_for_job(self, request: dict, job):
-        """The POST, abandoned (connection closed) as soon as `job.check()` raises."""
+    async def _post_watching(self, request: dict, check):
+        """The POST, abandoned (connection closed) as soon as `check()` raises."""
         async with httpx.AsyncClient(headers=self.client.headers, timeout=self.client.timeout) as client:
             call = asyncio.ensure_future(client.post(**request))
             while True:
@@ -86,7 +83,7 @@ class RemoteEngine:
                 if done:
                     return call.result()
                 try:
-                    job.check()
+                    check()
                 except BaseException:
                     call.cancel()
                     with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
@@ -146,17 +143,21 @@ class RemoteEngine:
         if name and name not in self.model_names() and name not in self.info(refresh=True)["models"]:
             raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {self.model_names()}")
 
-    # -- the four stages -----------------------------------------------------------------
-    def encode(self, prompts, job=None) -> Encoded:
+    # -- the four stages (models.stages.Stages) over HTTP ---------------------------------
+    def encode_prompts(self, prompts, check=None) -> Encoded:
         r = self._post("text_encoder", "/api/v1/encode", json_body={"prompts": list(prompts), "dtype": self.dtype},
-                       job=job)
+                       check=check)
         tensors, meta = wire.decode(r.content)
         return Encoded(tensors["context"].astype(np.float32), json.loads(meta["token_counts"]),
                        json.loads(meta["truncated"]))
 
     def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
                 scheduler=None, height=None, width=None, image_latents=None, mask=None,
-                masked_image_latents=None, strength=1.0, mask_blur=0.0, model=None, job=None, callback=None):
+                masked_image_latents=None, strength=1.0, mask_blur=0.0, initial_latents=None, model=None,
+                check=None, callback=None) -> Diffused:
+        if initial_latents is not None:
+            raise InvalidInput("a remote diffusion server draws its own starting noise from the seed; "
+                               "initial latents cannot be sent", "unsupported")
         dt = np.float16 if self.dtype == "float16" else np.float32
         tensors = {"context": np.asarray(context, dt)}
         if unconditional_context is not None:
@@ -171,18 +172,18 @@ class RemoteEngine:
         for k, v in (("seed", seed), ("scheduler", scheduler), ("height", height), ("width", width), ("model", model)):
             if v is not None:
                 params[k] = v
-        r = self._post("diffusion", "/api/v1/diffuse", params=params, content=wire.encode(tensors), job=job)
+        r = self._post("diffusion", "/api/v1/diffuse", params=params, content=wire.encode(tensors), check=check)
         out, meta = wire.decode(r.content)
-        return Generated(out["latents"].astype(np.float32), json.loads(meta["seeds"]), json.loads(meta["parameters"]))
+        return Diffused(out["latents"].astype(np.float32), json.loads(meta["seeds"]), json.loads(meta["parameters"]))
 
-    def decode(self, latents, job=None) -> np.ndarray:
+    def decode(self, latents, check=None) -> np.ndarray:
         dt = np.float16 if self.dtype == "float16" else np.float32
         r = self._post("decoder", "/api/v1/decode", content=wire.encode({"latents": np.asarray(latents, dt)}),
-                       accept=wire.MEDIA_TYPE, job=job)
+                       accept=wire.MEDIA_TYPE, check=check)
         return wire.decode(r.content)[0]["images"]
 
-    def encode_image(self, images, job=None) -> np.ndarray:
+    def encode_pixels(self, images, check=None) -> np.ndarray:
         images = np.asarray(images)
         images = images if images.dtype == np.uint8 else images.astype(np.float32)  # float: [-1, 1]
-        r = self._post("decoder", "/api/v1/encode_image", content=wire.encode({"image": images}), job=job)
+        r = self._post("decoder", "/api/v1/encode_image", content=wire.encode({"image": images}), check=check)
         return wire.decode(r.content)[0]["image_latents"].astype(np.float32)

@@ -3,7 +3,7 @@
 Generation goes through the same Gate as the REST API (one bounded queue for both), the same
 limits (webapp.limits.Limits: the Gradio API is a second door to the model, and Gradio
 itself checks only the sliders' ranges, NaN passing) and the same front-end chain
-(webapp.frontend).
+(models.chain).
 Per-step previews decode the intermediate latents; Stop cancels the running job at its next
 step. The model is the dropdown's value, sent with each run: choosing one changes nothing for
 other users or REST clients. Errors raise gr.Error with the API's message, so gradio_client
@@ -18,8 +18,10 @@ import tempfile
 
 import numpy as np
 
-from . import frontend
-from .api import MAX_SEED
+from models import chain
+from models.errors import InvalidInput
+from models.pipeline import MAX_SEED
+
 from .errors import ApiError
 
 RANDOM = -1
@@ -153,6 +155,7 @@ def build_ui(server):
         return (None if seed is None or seed < 0 else int(seed)), int(steps), int(batch)
 
     async def generate(prompt, negative, steps, guidance, seed, scheduler, batch, width, height, model, previews):
+        prompt, negative = prompt or "", negative or ""  # a Textbox sent as null (the API): no text
         try:
             seed, steps, batch = checked(prompt, negative, steps, guidance, seed, batch)
             L.check_size(height, width)
@@ -161,9 +164,9 @@ def build_ui(server):
         model = model or base_model
 
         def fn(job, cb):
-            return frontend.txt2img(engine, prompt, negative, steps=int(steps), guidance_scale=float(guidance),
-                                    seed=seed, scheduler=scheduler, height=int(height), width=int(width),
-                                    batch_size=int(batch), model=model, job=job, callback=cb)
+            return chain.txt2img(engine, prompt, negative, steps=int(steps), guidance_scale=float(guidance),
+                                 seed=seed, scheduler=scheduler, height=int(height), width=int(width),
+                                 batch_size=int(batch), model=model, check=job.check, callback=cb)
 
         async for item in _stream(fn, previews, model):
             yield item
@@ -181,12 +184,13 @@ def build_ui(server):
                     dropped = [t for t in result.truncated if t]
                     note = f" (prompt truncated: {dropped[0]} tokens dropped)" if dropped else ""
                     yield files, f"done: seeds {', '.join(map(str, result.seeds))}{note}", result.seeds[0]
-        except (ApiError, ValueError) as e:
+        except (ApiError, InvalidInput) as e:
             yield gr.skip(), error_text(e), gr.skip()  # the status line, then the error for the client
             raise gr.Error(e.message if isinstance(e, ApiError) else str(e)) from None
 
     async def inpaint(editor, mask_upload, prompt, negative, steps, guidance, seed, scheduler, batch, strength,
                       blur, invert, only_masked, padding, model, previews):
+        prompt, negative = prompt or "", negative or ""
         try:
             seed, steps, batch = checked(prompt, negative, steps, guidance, seed, batch)
             check_upload_sizes(L, editor, mask_upload)
@@ -200,12 +204,11 @@ def build_ui(server):
         model = model or base_model
 
         def fn(job, cb):
-            return frontend.inpaint(engine, prompt, image, mask, negative, steps=int(steps),
-                                    guidance_scale=float(guidance), seed=seed, scheduler=scheduler,
-                                    batch_size=int(batch), strength=float(strength), mask_blur=float(blur),
-                                    invert_mask=bool(invert), only_masked=bool(only_masked), padding=int(padding),
-                                    model=model, job=job, callback=cb, multiple=multiple,
-                                    inpainting_unet=info["inpainting_unet"], work_size=size)
+            return chain.inpaint(engine, prompt, image, mask, negative, steps=int(steps),
+                                 guidance_scale=float(guidance), seed=seed, scheduler=scheduler, batch_size=int(batch),
+                                 strength=float(strength), mask_blur=float(blur), invert_mask=bool(invert),
+                                 only_masked=bool(only_masked), padding=int(padding), model=model, check=job.check,
+                                 callback=cb)
 
         async for item in _stream(fn, previews, model):
             yield item

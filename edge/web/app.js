@@ -4,7 +4,7 @@
 import { selectBackend, ORDER } from "./backend.js";
 import { loadManifest, loadModel, run } from "./models.js";
 import { CLIPTokenizer } from "./tokenizer.js";
-import { pasteBack } from "./imaging.js";
+import { pasteBack, repaintMask } from "./imaging.js";
 import * as wire from "./wire.js";
 
 const tf = globalThis.tf;
@@ -117,9 +117,9 @@ function draw(canvas, rgb, h, w) {
 function readMask() {
   const c = $("mask");
   const a = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  const m = new Uint8Array(c.width * c.height);
-  for (let p = 0; p < m.length; p++) m[p] = a[p * 4 + 3] > 0 ? 255 : 0;
-  return m;
+  const alpha = new Uint8Array(c.width * c.height);
+  for (let p = 0; p < alpha.length; p++) alpha[p] = a[p * 4 + 3];
+  return repaintMask(alpha); // the brush's opacity is the grey level: models/masks.py's rule
 }
 
 function settings() {

@@ -1,5 +1,14 @@
-// Mask blur and paste-back, as models/pipeline.py does them, so the page's inpainting result is
-// the all-in-one API's: keep = 1 - blur(mask > 0); out = round(keep * image + (1 - keep) * decoded).
+// The inpainting mask rule of models/masks.py, so the page's inpainting result is the all-in-one
+// API's: a mask value >= 128 (of 255) repaints; m = blur(that); keep = 1 - m;
+// out = round(keep * image + (1 - keep) * decoded).
+
+/** The same threshold as models/masks.py REPAINT_FROM. */
+export const REPAINT_FROM = 128;
+
+/** Grey-level mask values [n] -> 255 where they repaint, else 0. */
+export function repaintMask(values) {
+  return Uint8Array.from(values, (v) => (v >= REPAINT_FROM ? 255 : 0));
+}
 
 /** Separable Gaussian blur of a [h, w] mask, sigma = radius / 2, edges clamped (numpy's). */
 export function gaussianBlur(mask, h, w, radius) {
@@ -38,9 +47,9 @@ function roundHalfEven(v) {
   return f % 2 === 0 ? f : f + 1;
 }
 
-/** image, decoded: RGB bytes [h*w*3]; mask: [h*w] (nonzero = repaint). Returns RGB bytes. */
+/** image, decoded: RGB bytes [h*w*3]; mask: [h*w] grey levels (the rule above). Returns RGB bytes. */
 export function pasteBack(image, decoded, mask, h, w, blur) {
-  const binary = Float32Array.from(mask, (v) => (v > 0 ? 1 : 0));
+  const binary = Float32Array.from(mask, (v) => (v >= REPAINT_FROM ? 1 : 0));
   const soft = gaussianBlur(binary, h, w, blur);
   const out = new Uint8Array(h * w * 3);
   for (let p = 0; p < h * w; p++) {
