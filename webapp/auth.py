@@ -40,21 +40,45 @@ def presented_token(request: Request) -> str | None:
     return request.headers.get("x-api-token")
 
 
+def check_token(request: Request, expected: bytes) -> None:
+    """ApiError 401 unless the request carries the token."""
+    got = presented_token(request)
+    if got is None:
+        raise ApiError(401, "missing_token", "this API needs a token: send 'Authorization: Bearer <token>'",
+                       {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), expected):
+        raise ApiError(401, "wrong_token", "the API token is wrong", {"WWW-Authenticate": "Bearer"})
+
+
 def make_dependency(token: str | None):
     """A FastAPI dependency that raises 401 unless the request carries the token."""
     expected = token.encode() if token else None
 
     async def require_token(request: Request):
-        if expected is None:
-            return
-        got = presented_token(request)
-        if got is None:
-            raise ApiError(401, "missing_token", "this API needs a token: send 'Authorization: Bearer <token>'",
-                           {"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), expected):
-            raise ApiError(401, "wrong_token", "the API token is wrong", {"WWW-Authenticate": "Bearer"})
+        if expected is not None:
+            check_token(request, expected)
 
     return require_token
+
+
+class RequireApiToken:
+    """ASGI middleware: with a token, every path under /api/v1/ but health needs it before the
+    route sees the request. The dependency alone runs after FastAPI has parsed the body, so a
+    malformed JSON body got its 422 without the token, and a multipart form was parsed (and
+    spooled) for anyone."""
+
+    OPEN = ("/api/v1/health",)
+
+    def __init__(self, app, token: str):
+        self.app, self.expected = app, token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/api/v1/") and scope["path"] not in self.OPEN:
+            try:
+                check_token(Request(scope), self.expected)
+            except ApiError as e:
+                return await error_response(e.status, e.code, e.message, e.headers)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def cors_origins(flag: str | None) -> list[str]:

@@ -134,6 +134,8 @@ def create_app(config: Config | None = None, engine=None) -> FastAPI:
 
     for router in build_routers(server):
         app.include_router(router)
+    if server.token:
+        app.add_middleware(auth.RequireApiToken, token=server.token)
     app.add_middleware(BodyLimitMiddleware, limit=config.limits.max_body_bytes)
     auth.install_cors(app, auth.cors_origins(config.cors))
 
@@ -148,6 +150,7 @@ def create_app(config: Config | None = None, engine=None) -> FastAPI:
     if config.ui and server.component in ("all", "frontend"):
         import gradio as gr
 
+        from .gradio_guard import GradioGuard
         from .ui import build_ui, launch_kwargs
 
         if server.token:
@@ -158,7 +161,8 @@ def create_app(config: Config | None = None, engine=None) -> FastAPI:
         # mount_gradio_app never marks them so: any file the server can read would be copied
         # to the cache and served. Launch and swap_blocks set this flag; so do we.
         demo.has_launched = True
+        ui = next(r for r in app.routes if isinstance(r, Mount) and r.path == "")
+        ui.app = GradioGuard(ui.app)  # 4xx, not 500, for the bad requests Gradio raises on; no URL fetching
         if server.token:
-            ui = next(r for r in app.routes if isinstance(r, Mount) and r.path == "")
             ui.app = auth.RequireUISession(ui.app, server.token)
     return app
