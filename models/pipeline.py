@@ -425,7 +425,8 @@ class StableDiffusionPipeline:
     def inpaint(self, prompt, image, mask, negative_prompt=None, num_steps=20, guidance_scale=7.5, seed=None,
                 scheduler=DEFAULT_SCHEDULER, batch_size=1, strength=1.0, mask_blur=0.0,
                 callback=None) -> np.ndarray:
-        """`mask` [H, W]: nonzero (painted) = repaint, as in diffusers, A1111 and Gradio."""
+        """`mask` [H, W]: values >= 128 of 255 (>= 0.5 for floats) repaint: white or painted, as in
+        diffusers, A1111 and Gradio (models/masks.py has the whole rule)."""
         if mask is None:
             raise InvalidInput("inpaint needs a mask")
         return self.generate(prompt, negative_prompt, num_steps, guidance_scale, seed, scheduler,

@@ -33,3 +33,22 @@ def assert_images_close(got, want, why: str, max_levels: int = MAX_GREY_LEVELS,
     assert worst <= max_levels and mean <= mean_levels, (
         f"images differ by up to {worst} grey levels (mean {mean:.4f}); allowed {max_levels} "
         f"(mean {mean_levels}) because {why}")
+
+
+def grey_mask(size: int = 64) -> np.ndarray:
+    """A mask of every grey level 1-254 (a left-to-right ramp over a box), not only 0/255: the
+    mask rule (models/masks.py) repaints its values >= 128, the right part of the box."""
+    mask = np.zeros((size, size), np.uint8)
+    lo, hi = size // 8, size - size // 8
+    mask[lo:hi, lo:hi] = np.round(np.linspace(1, 254, hi - lo))[None, :].astype(np.uint8)
+    return mask
+
+
+def assert_repaints_the_rule(out, image, mask, who: str):
+    """With no mask blur: the pixels the rule keeps are the original's exactly, and the ones it
+    repaints were repainted (so every client read the same region from the same grey levels)."""
+    out, image = np.asarray(out), np.asarray(image)
+    repaint = np.asarray(mask) >= 128
+    np.testing.assert_array_equal(out[~repaint], image[~repaint], err_msg=f"{who} changed kept pixels")
+    changed = np.abs(out[repaint].astype(int) - image[repaint].astype(int)).mean()
+    assert changed > 3, f"{who} did not repaint the region the rule repaints (mean change {changed:.2f})"

@@ -23,6 +23,7 @@ from PIL import Image
 
 from bench import wire_bytes
 from edge import client as edge_client
+from models import masks
 from models.png_info import read_parameters
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,7 +232,6 @@ def test_python_client_reports_server_errors(edge_export, server_url, tmp_path):
 def test_paste_back_follows_the_mask_rule():
     """The client reads a grey-level mask by models.masks' rule (>= 128 repaints), blurs and
     pastes back as the chain does."""
-    from models import masks
 
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 256, (16, 16)).astype(np.uint8)  # every grey level, not only 0/255
@@ -368,6 +368,44 @@ def test_browser_inpaint_matches_all_in_one(page, server_url, tmp_path):
     untouched = masks.repaint_weight(mask, 3) == 0
     np.testing.assert_array_equal(pixels[untouched], image[untouched])
     page.click("#tab-txt2img")
+
+
+@pytest.mark.slow
+def test_both_edge_clients_read_a_grey_level_mask_by_the_rule(page, server_url, edge_export, tmp_path):
+    """The TFLite client and the browser page repaint the region models/masks.py's rule gives for
+    a mask of every grey level 1-254 (the pipeline and both server deployments: test_webapp_modes)."""
+    from tests.image_checks import assert_repaints_the_rule, grey_mask
+
+    image, _ = sample_image_and_mask()
+    mask = grey_mask()
+    cl = edge_client.EdgeClient(server_url, edge_client.EdgeModels(edge_export), dtype="float32")
+    assert_repaints_the_rule(cl.inpaint(INPAINT_PROMPT, image, mask, seed=5, steps=STEPS).images[0], image, mask,
+                             "the TFLite client")
+
+    Image.fromarray(image).save(tmp_path / "in.png")
+    page.click("#tab-inpaint")
+    page.set_input_files("#image-file", str(tmp_path / "in.png"))
+    page.wait_for_function("window.sdEdge.state.image !== null")
+    page.fill("#prompt", INPAINT_PROMPT)
+    page.fill("#seed", "5")
+    page.fill("#steps", str(STEPS))
+    page.fill("#mask-blur", "0")
+    # the brush layer with these grey levels as its opacity, as a soft brush would leave it
+    page.evaluate("""(alpha) => {
+        const c = document.getElementById('mask'), g = c.getContext('2d');
+        const img = g.createImageData(c.width, c.height);
+        alpha.forEach((a, p) => { img.data[p * 4] = img.data[p * 4 + 1] = img.data[p * 4 + 2] = 255;
+                                  img.data[p * 4 + 3] = a; });
+        g.putImageData(img, 0, 0);
+    }""", mask.ravel().tolist())
+    page.click("#run")
+    wait_state(page, ("done",))
+    pixels, last = last_result(page)
+    page.click("#clear-mask")
+    page.click("#tab-txt2img")
+    sent = np.array(last["mask"], np.uint8).reshape(mask.shape)
+    np.testing.assert_array_equal(sent, masks.repaint_mask(mask))  # what the page sent: the rule's mask
+    assert_repaints_the_rule(pixels, image, mask, "the browser client")
 
 
 @pytest.mark.slow

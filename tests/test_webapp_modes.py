@@ -95,6 +95,26 @@ def test_mode2_inpaint_equals_mode1(client, split_servers, engine):
     np.testing.assert_array_equal(_images(one.json()), _images(two.json()))  # as mode 2 txt2img above
 
 
+def test_grey_level_mask_repaints_one_region_in_every_deployment(split_servers, engine):
+    """The pipeline, the REST API (all in one) and the three-endpoint front end read a mask of
+    every grey level 1-254 by one rule (models/masks.py); the edge clients are checked in
+    tests/test_edge.py against the same mask."""
+    from tests.image_checks import assert_repaints_the_rule, grey_mask
+    from tests.webapp_helpers import png
+
+    image = engine.pipe.generate(PROMPT, num_steps=4, seed=0).images[0]
+    mask = grey_mask()
+    prompt = "a green square on a blue background"
+    assert_repaints_the_rule(engine.pipe.inpaint(prompt, image, mask, num_steps=4, seed=7)[0], image, mask,
+                             "the pipeline")
+    data = {"prompt": prompt, "steps": "4", "seed": "7"}
+    files = {"image": ("i.png", png(image), "image/png"), "mask": ("m.png", png(mask), "image/png")}
+    for role in ("all", "frontend"):
+        r = httpx.post(split_servers[role].url + "/api/v1/inpaint", files=files, data=data, timeout=120)
+        assert r.status_code == 200, r.text
+        assert_repaints_the_rule(_images(r.json())[0], image, mask, f"the {role} server")
+
+
 def test_mode3_client_side_encode_decode(client, split_servers, engine):
     """The edge client's protocol: local text encoder and decoder, one diffusion call."""
     pipe = engine.pipe

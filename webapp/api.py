@@ -151,7 +151,7 @@ def build_routers(server) -> list:
                      "tensors: `context` [B,77,D] F16/F32 (required); `unconditional_context` [1 or B,77,D] "
                      "(absent: the model's own empty-prompt context); for inpainting `image_latents` [1 or B,h,w,4] "
                      "(image encoder posterior mean x scaling factor), `mask` [H,W] U8 or F32 at pixel resolution "
-                     "(H = 8h, nonzero = repaint), `masked_image_latents` (9-channel inpainting UNets only)"),
+                     "(H = 8h; values >= 128 of 255, or >= 0.5, repaint: models/masks.py), `masked_image_latents` (9-channel inpainting UNets only)"),
                  responses={**_wire_response("tensor `latents` [B,h,w,4]; metadata seeds and parameters (JSON); "
                                              "header X-Seeds"), **error_responses(400, 401, 404, 413, 415, 422, 503)},
                  description=WIRE_DOC)
