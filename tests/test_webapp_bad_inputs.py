@@ -103,7 +103,7 @@ CASES = [
     ("txt2img: width over the limit", "/api/v1/txt2img", J, {"prompt": PROMPT, "width": 100000}, {}, 400, "size_too_large"),
     ("txt2img: prompt missing", "/api/v1/txt2img", J, {"negative_prompt": "x"}, {}, 422, "invalid_parameters"),
     ("txt2img: unknown field", "/api/v1/txt2img", J, {"prompt": PROMPT, "path": "/etc/passwd"}, {}, 422, "invalid_parameters"),
-    ("txt2img: prompt too long", "/api/v1/txt2img", J, {"prompt": "a" * 5000}, {}, 422, "invalid_parameters"),
+    ("txt2img: prompt too long", "/api/v1/txt2img", J, {"prompt": "a" * 5000}, {}, 400, "prompt_too_long"),
     ("inpaint: non-image upload", "/api/v1/inpaint", "form", {"image": b"hello, not an image", "mask": png(MASK)}, {}, 400, "not_an_image"),
     ("inpaint: truncated image", "/api/v1/inpaint", "form", {"image": GOOD_IMAGE[: len(GOOD_IMAGE) // 2], "mask": png(MASK)}, {}, 400, "bad_image"),
     ("inpaint: empty image upload", "/api/v1/inpaint", "form", {"image": b"", "mask": png(MASK)}, {}, 400, "empty_upload"),
