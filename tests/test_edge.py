@@ -334,9 +334,8 @@ def test_browser_negative_prompt_matches_all_in_one(page, server_url):
     assert value >= MIN_PSNR
 
 
-@pytest.mark.slow
-def test_browser_inpaint_matches_all_in_one(page, server_url, tmp_path):
-    image, _ = sample_image_and_mask()
+def open_inpainting(page, image, tmp_path, mask_blur):
+    """The page's inpainting tab with `image` uploaded and the test's prompt, seed and steps."""
     Image.fromarray(image).save(tmp_path / "in.png")
     page.click("#tab-inpaint")
     page.set_input_files("#image-file", str(tmp_path / "in.png"))
@@ -344,7 +343,13 @@ def test_browser_inpaint_matches_all_in_one(page, server_url, tmp_path):
     page.fill("#prompt", INPAINT_PROMPT)
     page.fill("#seed", "5")
     page.fill("#steps", str(STEPS))
-    page.fill("#mask-blur", "3")
+    page.fill("#mask-blur", str(mask_blur))
+
+
+@pytest.mark.slow
+def test_browser_inpaint_matches_all_in_one(page, server_url, tmp_path):
+    image, _ = sample_image_and_mask()
+    open_inpainting(page, image, tmp_path, 3)
     # paint the mask with the mouse: strokes across the middle of the picture
     box = page.locator("#mask").bounding_box()
     page.locator("#brush").evaluate("(e) => { e.value = 10; }")
@@ -382,14 +387,7 @@ def test_both_edge_clients_read_a_grey_level_mask_by_the_rule(page, server_url, 
     assert_repaints_the_rule(cl.inpaint(INPAINT_PROMPT, image, mask, seed=5, steps=STEPS).images[0], image, mask,
                              "the TFLite client")
 
-    Image.fromarray(image).save(tmp_path / "in.png")
-    page.click("#tab-inpaint")
-    page.set_input_files("#image-file", str(tmp_path / "in.png"))
-    page.wait_for_function("window.sdEdge.state.image !== null")
-    page.fill("#prompt", INPAINT_PROMPT)
-    page.fill("#seed", "5")
-    page.fill("#steps", str(STEPS))
-    page.fill("#mask-blur", "0")
+    open_inpainting(page, image, tmp_path, 0)
     # the brush layer with these grey levels as its opacity, as a soft brush would leave it
     page.evaluate("""(alpha) => {
         const c = document.getElementById('mask'), g = c.getContext('2d');

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 
 import numpy as np
@@ -12,32 +11,16 @@ import pytest
 from PIL import Image
 
 from models.png_info import read_parameters
-from tests.webapp_helpers import PROMPT, engine, free_port, make_app, png  # noqa: F401
+from tests.webapp_helpers import PROMPT, engine, make_app, png, serve  # noqa: F401
 from webapp.ui import mask_from_editor
 
 
 @pytest.fixture(scope="module")
 def served(engine):
-    import httpx
-    import uvicorn
-
     app = make_app(engine, ui=True, token="")
     served.gate = app.state.server.gate
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/api/v1/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(10)
+    with serve(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
