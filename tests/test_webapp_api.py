@@ -376,3 +376,26 @@ def test_nine_channel_inpainting_unet(tmp_path):
         il = pipe.encode_image(image[None].astype(np.float32) / 127.5 - 1)
         r = post_wire(c, "/api/v1/diffuse", tensors(context=ctx, image_latents=il, mask=mask), steps=2)
         assert r.status_code == 400 and "masked_image_latents" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("ui", [False, True])
+def test_api_docs_work_offline(engine, ui):
+    """/api/docs and /api/redoc load their scripts from this server (no CDN, no Google Fonts)."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(make_app(engine, ui=ui, token="")) as c:
+        for page, assets in (("/api/docs", ("swagger-ui-bundle.js", "swagger-ui.css")),
+                             ("/api/redoc", ("redoc.standalone.js",))):
+            html = c.get(page)
+            assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+            urls = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+            assert urls and all(u.startswith("/api/docs/") or u.startswith("data:") for u in urls), urls
+            assert "googleapis" not in html.text and "cdn." not in html.text
+            for name in assets:
+                r = c.get(f"/api/docs/{name}")
+                assert r.status_code == 200 and len(r.content) > 10_000, name
+        assert "/openapi.json" in c.get("/api/docs").text
+        r = c.get("/api/docs/..%2F..%2Fsecrets")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

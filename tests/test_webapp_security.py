@@ -57,7 +57,7 @@ SERVER_ENV = {"SD_MAX_PROMPT_CHARS": str(MAX_CHARS), "SD_MAX_PROMPTS": str(MAX_P
               "SECURITY_TEST_MARKER": MARKER, "GRADIO_ANALYTICS_ENABLED": "False"}
 ROLE = {"/api/v1/encode": "text_encoder", "/api/v1/diffuse": "diffusion", "/api/v1/decode": "decoder",
         "/api/v1/encode_image": "decoder"}  # where a path goes in the three-endpoint layout; else the front end
-OPEN_PREFIXES = ("/edge", "/exports", "/api/v1/health")  # open with a token too (and /api/docs, /openapi.json)
+OPEN_PREFIXES = ("/edge", "/exports", "/api/v1/health")  # open with a token too (and /api/docs, /api/redoc, /openapi.json)
 RSS_TOLERANCE = 0.10
 START_S = 300  # four servers loading at once on a shared 2-core machine
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import Mount
 
-from . import auth, errors
+from . import auth, docs, errors
 from .limits import BodyLimitMiddleware, Gate, Limits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,9 +127,10 @@ def create_app(config: Config | None = None, engine=None) -> FastAPI:
                   description="REST API of the split Stable Diffusion deployment. Split stages: encode (text encoder), "
                               "diffuse (UNet loop), decode (VAE decoder); all-in-one: txt2img, inpaint. "
                               "Binary tensors use application/x-safetensors (see the diffuse operation).",
-                  docs_url="/api/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)  # webapp.docs serves both pages, offline
     app.state.server = server
     errors.install(app)
+    docs.install(app)
     from .api import build_routers
 
     for router in build_routers(server):
@@ -145,7 +146,8 @@ def create_app(config: Config | None = None, engine=None) -> FastAPI:
 
     @app.get("/api", include_in_schema=False)
     async def api_root():
-        return JSONResponse({"openapi": "/openapi.json", "docs": "/api/docs", "health": "/api/v1/health"})
+        return JSONResponse({"openapi": "/openapi.json", "docs": docs.DOCS, "redoc": docs.REDOC,
+                             "health": "/api/v1/health"})
 
     if config.ui and server.component in ("all", "frontend"):
         import gradio as gr
