@@ -47,11 +47,12 @@ class Stages(Protocol):
 
     def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
                 scheduler=None, height=None, width=None, image_latents=None, mask=None,
-                masked_image_latents=None, strength=1.0, mask_blur=0.0, model=None, check: Check = None,
-                callback=None) -> Diffused:
+                masked_image_latents=None, strength=1.0, mask_blur=0.0, initial_latents=None, model=None,
+                check: Check = None, callback=None) -> Diffused:
         """`unconditional_context` None: the model's own empty-prompt context. `mask` [H, W] at
-        pixel resolution, read by models.masks.repaint_mask. `model`: a diffusion model by name,
-        for stages that host several (None: the base model)."""
+        pixel resolution, read by models.masks.repaint_mask. `initial_latents` replace the seeded
+        starting noise (stages that draw their own, such as a remote server, refuse them).
+        `model`: a diffusion model by name, for stages that host several (None: the base model)."""
 
     def decode(self, latents, check: Check = None) -> np.ndarray:
         """latents [B, h, w, C] -> uint8 [B, H, W, 3]."""

@@ -1200,9 +1200,26 @@ def static_family() -> list:
     return cases
 
 
+def docs_family() -> list:
+    """/api/docs/<name> serves three named files of the fastapi-offline package, nothing else."""
+    cases = []
+    for label, name in [("%2e%2e to the repo", "%2e%2e%2f%2e%2e%2fwebapp%2fserver.py"),
+                        ("..%2f to /etc/passwd", "..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd"),
+                        ("encoded absolute path", "%2fetc%2fpasswd"), ("backslashes", "..%5c..%5cwebapp%5cserver.py"),
+                        ("a NUL byte", "swagger-ui.css%00"), ("another case", "SWAGGER-UI.CSS"),
+                        ("a file next to the assets", "__init__.py"), ("the package's own code", "..%2fcore.py"),
+                        ("a name with a query", "redoc.standalone.js.map")]:
+        cases.append(http_case("static", "/api/docs assets", label, "GET", f"/api/docs/{name}", 404, "not_found"))
+    for label, path in [("raw ../ to the repo", "/api/docs/../../webapp/server.py"),
+                        ("raw ../ to the secret", "/api/docs/../../outside/secret.txt")]:
+        cases.append(Case("static", "/api/docs assets", label, path, lambda ctx, p=path: raw_get(ctx, p),
+                          404, "not_found"))
+    return cases
+
+
 def catalogue(kind: str) -> list:
     cases = (txt2img_family() + encode_family() + inpaint_family() + paths_family() + not_hosted_family()
-             + tensor_family() + body_size_family() + gradio_family() + static_family())
+             + tensor_family() + body_size_family() + gradio_family() + static_family() + docs_family())
     cases = [c for c in cases if c.only in (None, kind)]
     ids = [c.id for c in cases]
     dupes = [i for i, n in collections.Counter(ids).items() if n > 1]
