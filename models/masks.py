@@ -68,9 +68,10 @@ def gaussian_blur(mask: np.ndarray, radius: float) -> np.ndarray:
     return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, rows)
 
 
-def repaint_weight(mask, mask_blur: float = 0.0) -> np.ndarray:
-    """The repaint weight m: float32 [H, W] in [0, 1], the blurred binary mask."""
-    binary = (repaint_mask(mask) > 0).astype(np.float32)
+def repaint_weight(mask, mask_blur: float = 0.0, size=None) -> np.ndarray:
+    """The repaint weight m: float32 [H, W] in [0, 1], the blurred binary mask (`size` as in
+    repaint_mask)."""
+    binary = (repaint_mask(mask, size) > 0).astype(np.float32)
     return gaussian_blur(binary, float(mask_blur)).astype(np.float32)
 
 

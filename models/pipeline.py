@@ -182,13 +182,17 @@ class StableDiffusionPipeline:
         return height, width
 
     @staticmethod
+    def _check_batch(batch_size):
+        if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 64:
+            raise InvalidInput(f"batch_size must be an integer from 1 to 64, got {batch_size!r}")
+
+    @staticmethod
     def _check_common(num_steps, guidance_scale, batch_size, scheduler):
         if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= MAX_STEPS:
             raise InvalidInput(f"num_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}")
         if not isinstance(guidance_scale, (int, float, np.floating)) or not math.isfinite(guidance_scale):
             raise InvalidInput(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-        if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 64:
-            raise InvalidInput(f"batch_size must be an integer from 1 to 64, got {batch_size!r}")
+        StableDiffusionPipeline._check_batch(batch_size)
         if scheduler not in SCHEDULERS:
             raise InvalidInput(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
 
@@ -281,8 +285,7 @@ class StableDiffusionPipeline:
             init_latents = np.repeat(image_latents, batch_size // image_latents.shape[0], 0)
             mode, cond_latents = BLEND, init_latents  # img2img: all masked, blending is a no-op
             if mask is not None:
-                weight = masks.repaint_weight(masks.repaint_mask(mask, (height, width)),
-                                              masks.check_mask_blur(mask_blur))
+                weight = masks.repaint_weight(mask, masks.check_mask_blur(mask_blur), size=(height, width))
                 latent_mask = self._latent_mask(weight, h, w, batch_size)
             if self.unet.config.is_inpainting:
                 if masked_image_latents is None:
@@ -361,8 +364,7 @@ class StableDiffusionPipeline:
         `decode=False` skips the VAE decoder: `images` is then None.
         `callback(step, num_steps, latents)` runs after every step; raise Cancelled to stop.
         """
-        if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 64:
-            raise InvalidInput(f"batch_size must be an integer from 1 to 64, got {batch_size!r}", "bad_batch")
+        self._check_batch(batch_size)  # the chain sizes its contexts by it before diffuse checks it again
         common = dict(steps=num_steps, guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
                       callback=callback)
         if image is not None:

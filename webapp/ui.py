@@ -141,7 +141,7 @@ def build_ui(server):
                 task.cancel()  # Stop pressed or the browser left: the worker stops at its next step
 
     def error_text(e):
-        return f"**Error:** {e.message if isinstance(e, ApiError) else e}"
+        return f"**Error:** {e.message}"  # ApiError and InvalidInput both carry one
 
     def checked(prompt, negative, steps, guidance, seed, batch):
         """The REST limits on what any client may send here; (seed or None, steps, batch)."""
@@ -186,7 +186,7 @@ def build_ui(server):
                     yield files, f"done: seeds {', '.join(map(str, result.seeds))}{note}", result.seeds[0]
         except (ApiError, InvalidInput) as e:
             yield gr.skip(), error_text(e), gr.skip()  # the status line, then the error for the client
-            raise gr.Error(e.message if isinstance(e, ApiError) else str(e)) from None
+            raise gr.Error(e.message) from None
 
     async def inpaint(editor, mask_upload, prompt, negative, steps, guidance, seed, scheduler, batch, strength,
                       blur, invert, only_masked, padding, model, previews):
