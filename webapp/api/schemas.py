@@ -1,0 +1,74 @@
+"""The request and response schemas and the OpenAPI text the routes share.
+
+The schema's documented bounds are the default limits; the server's own (webapp.limits.Limits,
+from the environment) are checked in the handlers, with the same codes as the Gradio UI.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.pipeline import MAX_SEED
+from models.schedulers import SCHEDULERS
+
+from .. import wire
+from ..limits import Limits
+
+MAX_GUIDANCE = Limits.max_guidance
+SCHEDULER_NAMES = tuple(SCHEDULERS)
+Scheduler = Literal[SCHEDULER_NAMES]  # documented as an enum in the OpenAPI document
+Dtype = Literal["float16", "float32"]
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+WIRE_DOC = (
+    "Tensors travel as **application/x-safetensors**: an 8-byte little-endian header length N, "
+    "N bytes of UTF-8 JSON `{name: {dtype: F16|F32|U8|I32, shape: [...], data_offsets: [begin, end]}, "
+    "__metadata__: {key: string}}`, then the raw little-endian row-major data. "
+    "Any safetensors reader decodes it. NaN/Inf values are refused."
+)
+
+
+def wire_body(description: str) -> dict:
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {wire.MEDIA_TYPE: BINARY}}}
+
+
+def wire_response(description: str, extra: dict | None = None) -> dict:
+    content = {wire.MEDIA_TYPE: BINARY, **(extra or {})}
+    return {200: {"description": description, "content": content}}
+
+
+class EncodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[str] = Field(..., min_length=1, description="the prompts to encode (one context each)")
+    dtype: Dtype = "float16"
+
+
+class Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(..., description="at most the server's max_prompt_chars (400 prompt_too_long)")
+    negative_prompt: str = Field("")
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(7.5, ge=0, le=MAX_GUIDANCE)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when left out; returned either way")
+    scheduler: Scheduler | None = None
+    width: int | None = Field(None, ge=8, description="pixels; a multiple of the model's size_multiple")
+    height: int | None = Field(None, ge=8)
+    batch_size: int = Field(1, ge=1)
+    model: str | None = Field(None, max_length=200, description="a name from GET /api/v1/models")
+
+
+class ImageOut(BaseModel):
+    png: str = Field(..., description="base64 PNG with its generation parameters in a 'parameters' text chunk")
+    seed: int
+    parameters: str
+
+
+class ImagesResponse(BaseModel):
+    images: list[ImageOut]
+    seeds: list[int]
+    parameters: dict
+    token_counts: list[int] = []
+    truncated: list[int] = []

@@ -1,0 +1,131 @@
+"""The split stages over HTTP, one route per stage of models.stages.Stages: /encode (text
+encoder), /diffuse (the UNet loop), /decode and /encode_image (the VAE). A three-endpoint
+front end (webapp.split_client) and the edge clients call these; tensors travel in the wire
+format (webapp.wire)."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from models.pipeline import MAX_SEED
+
+from .. import wire
+from ..errors import ApiError, error_responses
+from ..images import load_image, png_b64
+from ..limits import read_body
+from . import tensors as T
+from .deps import hosting, model_for
+from .schemas import BINARY, MAX_GUIDANCE, WIRE_DOC, Dtype, EncodeRequest, Scheduler, wire_body, wire_response
+
+router = APIRouter()
+
+
+@router.post("/encode", summary="Prompts -> text contexts (binary)", responses={
+    **wire_response("tensor `context` [B, 77, D]; metadata token_counts and truncated (JSON lists)"),
+    **error_responses(400, 401, 404, 413, 422, 503)}, response_class=Response, description=WIRE_DOC)
+async def encode(req: EncodeRequest, request: Request, server=Depends(hosting("text_encoder"))):
+    L = server.limits
+    if len(req.prompts) > L.max_prompts:
+        raise ApiError(400, "too_many_prompts", f"{len(req.prompts)} prompts; the limit is {L.max_prompts}")
+    for p in req.prompts:
+        L.check_prompt(p)
+    enc = await server.gate.run(lambda job: server.engine.encode_prompts(req.prompts, check=job.check), request)
+    body = wire.encode({"context": enc.context.astype(req.dtype)},
+                       {"token_counts": enc.token_counts, "truncated": enc.truncated})
+    return Response(body, media_type=wire.MEDIA_TYPE)
+
+
+DIFFUSE_BODY = wire_body(
+    "tensors: `context` [B,77,D] F16/F32 (required); `unconditional_context` [1 or B,77,D] "
+    "(absent: the model's own empty-prompt context); for inpainting `image_latents` [1 or B,h,w,4] "
+    "(image encoder posterior mean x scaling factor), `mask` [H,W] U8 or F32 at pixel resolution "
+    "(H = 8h; values >= 128 of 255, or >= 0.5, repaint: models/masks.py), `masked_image_latents` "
+    "(9-channel inpainting UNets only)")
+
+
+@router.post("/diffuse", summary="Contexts -> latents: the denoising loop (binary in and out)",
+             response_class=Response, openapi_extra=DIFFUSE_BODY,
+             responses={**wire_response("tensor `latents` [B,h,w,4]; metadata seeds and parameters (JSON); "
+                                        "header X-Seeds"), **error_responses(400, 401, 404, 413, 415, 422, 503)},
+             description=WIRE_DOC)
+async def diffuse(request: Request,
+                  seed: int | None = Query(None, ge=0, le=MAX_SEED, description="random when left out; returned"),
+                  steps: int = Query(20, ge=1, description="at most the server's max_steps"),
+                  guidance_scale: float = Query(7.5, ge=0, le=MAX_GUIDANCE),
+                  scheduler: Scheduler | None = Query(None),
+                  strength: float = Query(1.0, gt=0, le=1),
+                  mask_blur: float = Query(0.0, ge=0, le=64),
+                  dtype: Dtype | None = Query(None, description="default: the context's"),
+                  height: int | None = Query(None, ge=8, description="txt2img only; default the model's; "
+                                             "at most the server's max_side"),
+                  width: int | None = Query(None, ge=8),
+                  model: str | None = Query(None, max_length=200),
+                  server=Depends(hosting("diffusion"))):
+    L = server.limits
+    L.check_steps(steps)  # the same limits, codes and statuses as txt2img and inpaint
+    L.check_size(height, width)
+    L.check_guidance(guidance_scale)
+    model = model_for(server, model)
+    sent = T.read_tensors(await read_body(request, L.max_body_bytes), request)
+    t = T.diffuse_inputs(sent, server.engine.info(), L)
+    out_dtype = dtype or ("float16" if sent["context"].dtype == np.float16 else "float32")  # answer in kind
+
+    def work(job):
+        return server.engine.diffuse(t["context"], t.get("unconditional_context"), seed=seed, steps=steps,
+                                     guidance_scale=guidance_scale, scheduler=scheduler, height=height,
+                                     width=width, image_latents=t.get("image_latents"), mask=t.get("mask"),
+                                     masked_image_latents=t.get("masked_image_latents"), strength=strength,
+                                     mask_blur=mask_blur, model=model, check=job.check)
+
+    gen = await server.gate.run(work, request)
+    seeds = [int(s) for s in gen.seeds]
+    body = wire.encode({"latents": np.asarray(gen.latents).astype(out_dtype)},
+                       {"seeds": seeds, "parameters": gen.parameters})
+    return Response(body, media_type=wire.MEDIA_TYPE, headers={"X-Seeds": ",".join(map(str, seeds))})
+
+
+@router.post("/decode", summary="Latents -> PNG (B=1) or JSON of base64 PNGs (B>1)", response_class=Response,
+             openapi_extra=wire_body("tensor `latents` [B,h,w,4] F16/F32"),
+             responses={200: {"description": "B=1: image/png. B>1: JSON {images: [base64 PNG]}. With "
+                              "`Accept: application/x-safetensors`: tensor `images` U8 [B,H,W,3].",
+                              "content": {"image/png": BINARY, "application/json": {"schema": {"type": "object"}},
+                                          wire.MEDIA_TYPE: BINARY}},
+                        **error_responses(400, 401, 404, 413, 503)}, description=WIRE_DOC)
+async def decode(request: Request, server=Depends(hosting("decoder"))):
+    L = server.limits
+    tensors = T.read_tensors(await read_body(request, L.max_body_bytes), request)
+    latents = T.latents(tensors, "latents", server.engine.info(), L, required=True)
+    L.check_batch(latents.shape[0])
+    images = await server.gate.run(lambda job: server.engine.decode(latents, check=job.check), request)
+    if wire.MEDIA_TYPE in request.headers.get("accept", ""):
+        return Response(wire.encode({"images": images}), media_type=wire.MEDIA_TYPE)
+    if len(images) == 1:
+        from models.png_info import png_bytes
+
+        return Response(png_bytes(images[0]), media_type="image/png")
+    return JSONResponse({"images": [png_b64(im, None) for im in images]})
+
+
+@router.post("/encode_image", summary="Image -> image latents (the VAE encoder; hosted with the decoder)",
+             response_class=Response,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 wire.MEDIA_TYPE: BINARY, "image/png": BINARY, "image/jpeg": BINARY}}},
+             responses={**wire_response("tensor `image_latents` [B,h,w,4] F32 (posterior mean x scaling). "
+                                        "Input: tensor `image` U8 [B,H,W,3], or F32 in [-1, 1] (a 9-channel "
+                                        "model's masked image: masked pixels 0), or an image/png body"),
+                        **error_responses(400, 401, 404, 413, 503)}, description=WIRE_DOC)
+async def encode_image(request: Request, server=Depends(hosting("decoder"))):
+    L = server.limits
+    body = await read_body(request, L.max_body_bytes)
+    if request.headers.get("content-type", "").startswith("image/"):
+        images = load_image(body, "image", L.max_side)[None]
+    else:
+        images = T.images_to_encode(T.read_tensors(body, request))
+    if images.shape[0] < 1:
+        raise ApiError(400, "wrong_shape", "tensor `image` holds no images (batch 0)")
+    L.check_batch(images.shape[0])
+    T.check_pixels(images.shape[1], images.shape[2], server.engine.info(), L)
+    latents = await server.gate.run(lambda job: server.engine.encode_pixels(images, check=job.check), request)
+    return Response(wire.encode({"image_latents": latents.astype(np.float32)}), media_type=wire.MEDIA_TYPE)

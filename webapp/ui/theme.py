@@ -1,0 +1,12 @@
+"""The page's look. Theme and CSS go to launch()/mount_gradio_app in Gradio 6, not to Blocks()."""
+
+CSS = "#token-count {text-align: right; font-size: 0.85em; opacity: 0.8} .tight {gap: 4px}"
+
+
+def launch_kwargs() -> dict:
+    """The theme uses system fonts, so the page makes no Google Fonts request (it works offline)."""
+    import gradio as gr
+
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    return {"css": CSS, "theme": theme, "footer_links": ["api"]}
