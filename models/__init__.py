@@ -10,7 +10,7 @@ from __future__ import annotations
 
 def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compile: bool = False,
                   unet: str | None = None, dtype: str | None = None, guidance_batching: str = "auto",
-                  parts=None):
+                  parts=None, loras=None):
     """Load a model and wrap it in a pipeline.
 
     `unet` optionally names a fine-tuned diffusion model that replaces the base one.
@@ -19,6 +19,8 @@ def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compi
     cost), or a Keras mixed policy such as "mixed_float16" for GPUs.
     `parts`: load only these networks (see models.loading.load_components); a pipeline with
     the UNet but not the text encoder gets the empty prompt's context computed up front.
+    `loras`: LoRA files to load and activate, as [(path, scale), ...], paths (scale 1.0) or
+    "FILE:SCALE" strings (see models.lora); each is named by its file stem.
     """
     from .loading import load_components, load_unet
     from .pipeline import StableDiffusionPipeline
@@ -35,6 +37,11 @@ def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compi
                                    empty_prompt_context=uncond)
     if unet is not None and (parts is None or "unet" in parts):
         pipe.swap_unet(load_unet(unet, allow_pickle=allow_pickle, dtype=dtype))
+    if loras:
+        from .lora.specs import lora_list
+
+        for path, scale in lora_list(loras):
+            pipe.load_lora(path, scale, allow_pickle=allow_pickle)
     return pipe
 
 

@@ -23,11 +23,37 @@ def _common(p):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", required=True, help="PNG path; with --batch > 1, -0, -1, ... are appended")
     p.add_argument("--unet", default=None, help="a fine-tuned diffusion model (unet/ folder) replacing the base one")
+    p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="FILE[:SCALE]",
+                   help="a LoRA .safetensors to apply (repeatable), scale 1.0 unless given after the last colon; "
+                        "<lora:name:scale> tags in --prompt pick or rescale the loaded ones by file stem")
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin pickles (runs their code)")
     p.add_argument("--xla", action="store_true", help="compile the loop with XLA")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "mixed_float16", "mixed_bfloat16"], default="float32",
                    help="bfloat16: about 2x faster on CPUs with AVX-512 BF16/AMX, small quality cost; "
                         "mixed_float16 for GPUs")
+
+
+def _lora_arg(text):
+    from .lora.specs import parse_lora_spec
+
+    try:
+        return parse_lora_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _lora_prompt(pipe, args):
+    """The prompt without its <lora:...> tags, after making the active set: every --lora at its
+    scale, with a tag's scale replacing that LoRA's (A1111's tags name loaded LoRAs by file stem)."""
+    from .lora.prompt_tags import prompt_loras
+
+    prompt, tagged = prompt_loras(args.prompt, pipe.loaded_loras)
+    if tagged:
+        scales = dict(pipe.active_loras)
+        for name, scale in tagged:
+            scales[name] = scale
+        pipe.set_loras(list(scales.items()))
+    return prompt
 
 
 def parse_args(argv):
@@ -56,8 +82,12 @@ def main(argv=None):
     from .png_info import png_bytes
 
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.model, allow_pickle=args.allow_pickle, jit_compile=args.xla, unet=args.unet,
-                         dtype=args.dtype)
+    try:
+        pipe = load_pipeline(args.model, allow_pickle=args.allow_pickle, jit_compile=args.xla, unet=args.unet,
+                             dtype=args.dtype, loras=args.lora)
+    except ValueError as e:  # CheckpointError and LoRA errors included: the message says what is wrong
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     bar = tqdm(total=args.steps, desc="denoising", unit="step")
 
@@ -70,12 +100,13 @@ def main(argv=None):
         seed=args.seed, scheduler=args.scheduler, batch_size=args.batch, callback=progress,
     )
     try:
+        prompt = _lora_prompt(pipe, args)
         if args.command == "generate":
-            result = pipe.generate(args.prompt, height=args.height, width=args.width, **kwargs)
+            result = pipe.generate(prompt, height=args.height, width=args.width, **kwargs)
         else:
             image = np.asarray(Image.open(args.image).convert("RGB"))
             mask = np.asarray(Image.open(args.mask).convert("L"))
-            result = pipe.generate(args.prompt, image=image, mask=mask, mask_blur=args.mask_blur,
+            result = pipe.generate(prompt, image=image, mask=mask, mask_blur=args.mask_blur,
                                    strength=args.strength, **kwargs)
     except ValueError as e:
         bar.close()
@@ -87,6 +118,9 @@ def main(argv=None):
     for k, (img, seed) in enumerate(zip(result.images, result.seeds)):
         path = args.out if len(result.images) == 1 else f"{root}-{k}{ext or '.png'}"
         params = {**result.parameters, "seed": seed, "model": pipe.components.name}
+        if pipe.active_loras:  # A1111 keeps the tags in the stored prompt; they reproduce the image
+            tags = " ".join(f"<lora:{n}:{s:g}>" for n, s in pipe.active_loras)
+            params["prompt"] = f"{params['prompt']} {tags}" if params.get("prompt") else tags
         with open(path, "wb") as f:
             f.write(png_bytes(img, params))
         print(f"wrote {path} (seed {seed})")

@@ -19,6 +19,7 @@ from . import chain, masks
 from .checkpoints.assemble import NotLoaded
 from .components import Components
 from .errors import InvalidInput
+from .lora.merge import LoraMerger
 from .sampling import BLEND, CONCAT, NO_INPAINT, DenoiseLoop
 from .schedulers import SCHEDULERS, get_scheduler
 from .stages import Diffused, Encoded
@@ -90,6 +91,9 @@ class StableDiffusionPipeline:
         self.jit_compile = jit_compile
         self._loops = {}
         self._uncond = None if empty_prompt_context is None else np.asarray(empty_prompt_context, np.float32)
+        self._uncond_given = empty_prompt_context is not None
+        self._loras = LoraMerger({"unet": self.unet, "text_encoder": self.text_encoder},
+                                 on_change=self._lora_weights_changed)
         self._encode = tf.function(lambda ids: self.text_encoder(ids, training=False), reduce_retracing=True)
         self._decode = tf.function(
             lambda z: self.decoder(z / self.scaling_factor, training=False), reduce_retracing=True
@@ -136,8 +140,49 @@ class StableDiffusionPipeline:
                 f"the new UNet expects context width {new.cross_attention_dim}, "
                 f"but the text encoder produces {cfg.cross_attention_dim}"
             )
+        self._loras.replace_network("unet", unet)  # the old UNet gets its base back; active LoRAs move over
         self.unet = self.components.unet = unet
         self._loops.clear()
+
+    # -- LoRAs (models/lora: merged into the weights, restored bit for bit) ---------------
+    def load_lora(self, path, scale: float = 1.0, name: str | None = None, *, activate: bool = True,
+                  allow_pickle: bool = False) -> str:
+        """Read a LoRA file (kohya/A1111, LoCon, diffusers/PEFT .safetensors; a pickle only with
+        `allow_pickle`), check that every key fits this model, and with `activate` add it to the
+        active set at `scale`. Returns its name (default: the file stem, as <lora:name> uses).
+        Loading a name again replaces that LoRA."""
+        return self._loras.load(path, scale, name, activate=activate, allow_pickle=allow_pickle)
+
+    def set_loras(self, loras) -> list:
+        """Make exactly these active: [(name, scale), ...] (a bare name means 1.0); [] is the base
+        model. Only the weights whose update changes are rewritten; nothing is retraced."""
+        return self._loras.set(loras)
+
+    def unload_loras(self, names=None):
+        """Forget these LoRAs (default: all) and restore the weights they changed, bit for bit."""
+        self._loras.unload(names)
+
+    def loras_applied(self, loras, restore: bool = True):
+        """`with pipe.loras_applied([(name, scale)]):` runs the block with exactly this set, holding
+        the LoRA lock so no other thread switches it meanwhile; on exit the previous set returns
+        (`restore=False`: this one stays, saving a switch when requests repeat their set)."""
+        return self._loras.applied(loras, restore=restore)
+
+    @property
+    def active_loras(self) -> list:
+        return self._loras.active
+
+    @property
+    def loaded_loras(self) -> dict:
+        """{name: description} (networks, ranks, modules, bytes, base model) of the loaded LoRAs."""
+        return self._loras.loaded
+
+    def lora_memory(self) -> dict:
+        return self._loras.memory()
+
+    def _lora_weights_changed(self, networks):
+        if "text_encoder" in networks and not self._uncond_given:
+            self._uncond = None  # the empty prompt's context depends on the text encoder's weights
 
     # -- the four primitives -------------------------------------------------------------
     def encode_text(self, prompts, check=None) -> np.ndarray:

@@ -265,6 +265,20 @@ def to_ldm_state_dict(unet: dict | None = None, vae: dict | None = None, text_en
     return out
 
 
+def ldm_unet_keys(keys, down_block_types, layers_per_block) -> dict:
+    """diffusers UNet key -> its ldm name (without `model.diffusion_model.`), by the same rows as
+    the checkpoint converters; keys that fit no row are left out. For tables that must know both
+    spellings of one module (kohya LoRA files name UNet modules in either layout)."""
+    attends = [t.startswith("CrossAttn") for t in down_block_types]
+    table = {r.diffusers: r for r in unet_blocks(attends, layers_per_block)}
+    out = {}
+    for key in keys:
+        new, _ = _rename(key, table, False)
+        if new is not None:
+            out[key] = new
+    return out
+
+
 def is_ldm_state_dict(keys) -> bool:
     return any(k.startswith((UNET_PREFIX, VAE_PREFIX, "cond_stage_model.")) for k in keys)
 
@@ -315,4 +329,4 @@ def load_ldm_unet(path, *, allow_pickle=False, dtype=None, prefer_ema=True, unet
 
 
 __all__ = ["IGNORED_KEYS", "Block", "unet_blocks", "vae_blocks", "split_ldm_state_dict", "to_ldm_state_dict",
-           "is_ldm_state_dict", "load_ldm_checkpoint", "load_ldm_unet", "ema_key"]
+           "is_ldm_state_dict", "ldm_unet_keys", "load_ldm_checkpoint", "load_ldm_unet", "ema_key"]

@@ -1,0 +1,70 @@
+"""A LoRA update in our (Keras) layout, as two factors: A [K, r] @ B [r, out] = the kernel's delta.
+
+Files store PyTorch layouts: a linear update is up [out, r] @ down [r, in] (= a weight [out, in]);
+a conv (LoCon) update is up [out, r, 1, 1] composed with down [r, in, kh, kw] (= a kernel
+[out, in, kh, kw], since the 1x1 up conv only mixes the r channels). Our kernels are a Dense
+[in, out] (the transpose) and a conv HWIO [kh, kw, in, out], so with A = down in [kh, kw, in] x r
+order and B = up transposed, A @ B reshaped to the kernel's shape is the delta. Keeping the two
+factors (instead of a dense delta per LoRA) makes several LoRAs on one weight one matmul over
+the concatenated ranks, and keeps the memory cost at the LoRA's own size.
+1x1 convolutions and linear layers are interchangeable, as in the checkpoint key map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ShapeMismatch(ValueError):
+    """The factors do not make a delta of the target's shape (the message says why)."""
+
+
+def torch_shape(keras_shape) -> tuple:
+    """A Keras kernel shape in PyTorch's layout, for messages ([out, in] / [out, in, kh, kw])."""
+    s = tuple(int(d) for d in keras_shape)
+    if len(s) == 2:
+        return (s[1], s[0])
+    return (s[3], s[2], s[0], s[1])
+
+
+def keras_factors(down: np.ndarray, up: np.ndarray, target_shape) -> tuple[np.ndarray, np.ndarray]:
+    target_shape = tuple(int(d) for d in target_shape)
+    r = int(down.shape[0])
+    if up.ndim == 4:
+        if up.shape[2:] != (1, 1):
+            raise ShapeMismatch(f"an up kernel of {up.shape[2]}x{up.shape[3]} (only 1x1 up convolutions are supported)")
+        up = up[:, :, 0, 0]
+    if up.ndim != 2 or up.shape[1] != r:
+        raise ShapeMismatch(f"up {list(up.shape)} does not pair with down {list(down.shape)}")
+    out = int(up.shape[0])
+    if len(target_shape) == 2:
+        if down.ndim == 4 and down.shape[2:] == (1, 1):
+            down = down[:, :, 0, 0]
+        if down.ndim != 2 or (int(down.shape[1]), out) != target_shape:
+            raise ShapeMismatch(_misfit(down, out, target_shape))
+        a = down.T
+    else:
+        kh, kw, cin, cout = target_shape
+        if down.ndim == 2 and (kh, kw) == (1, 1):
+            down = down[:, :, None, None]
+        if down.ndim != 4 or tuple(down.shape[1:]) != (cin, kh, kw) or out != cout:
+            raise ShapeMismatch(_misfit(down, out, target_shape))
+        a = np.ascontiguousarray(down.transpose(2, 3, 1, 0)).reshape(kh * kw * cin, r)
+    return a, up.T
+
+
+def _misfit(down, out, target_shape):
+    delta = [out, *[int(d) for d in down.shape[1:]]]
+    return f"its update is {delta} but the weight is {list(torch_shape(target_shape))}"
+
+
+def merged(original: np.ndarray, parts, shape) -> np.ndarray:
+    """original + sum of coef * A @ B, computed in float32; parts: [(coef, A, B)]."""
+    a = np.concatenate([coef * a for coef, a, _ in parts], axis=1) if len(parts) > 1 else parts[0][0] * parts[0][1]
+    b = np.concatenate([b for _, _, b in parts], axis=0) if len(parts) > 1 else parts[0][2]
+    w = np.matmul(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)).reshape(shape)
+    w += original if original.dtype == np.float32 else original.astype(np.float32)
+    return w
+
+
+__all__ = ["ShapeMismatch", "keras_factors", "torch_shape", "merged"]
