@@ -90,7 +90,7 @@ class LoraMerger:
     def memory(self) -> dict:
         """Bytes held: exact copies of the touched weights, and the LoRA factors."""
         with self._lock:
-            return {"original_copies_bytes": sum(int(o.nbytes) for _, o, _ in self._originals.values()),
+            return {"original_copies_bytes": sum(int(np.prod(o.shape)) * o.dtype.size for _, o, _ in self._originals.values()),
                     "lora_tensor_bytes": sum(lora.nbytes for lora in self._loaded.values()),
                     "touched_weights": len(self._originals)}
 
@@ -215,14 +215,22 @@ class LoraMerger:
             if self._merged.get(key) == signature:
                 continue
             if key not in self._originals:
-                self._originals[key] = (variable, np.array(variable.numpy(), copy=True), network)
+                self._originals[key] = (variable, _exact_copy(variable), network)
             original = self._originals[key][1]
-            variable.assign(merged(original, parts, original.shape).astype(original.dtype, copy=False))
+            variable.assign(merged(original, parts, tuple(original.shape)))
             self._merged[key] = signature
             changed.add(network)
         self._active = [(n, s) for n, s in loras]
         if changed and self._on_change is not None:
             self._on_change(changed)
+
+
+def _exact_copy(variable):
+    """A tensor that owns a copy of the variable's value (restoring assigns it back, bit for bit;
+    TensorFlow copies before any in-place update of a shared buffer, so the copy stays intact)."""
+    import tensorflow as tf
+
+    return tf.raw_ops.DeepCopy(x=tf.convert_to_tensor(variable))
 
 
 def _check_scale(scale, name):
