@@ -80,32 +80,29 @@ def _rgb(image) -> np.ndarray:
     return image
 
 
-def _check_multiple(h, w, multiple, hint=""):
-    if h % multiple or w % multiple or h < multiple or w < multiple:
-        raise InvalidInput(f"image size {w}x{h} is not a multiple of {multiple}, which this model needs{hint}",
-                           "bad_size")
-
-
 def img2img(stages, prompt, image, negative_prompt="", *, strength=0.75, steps=20, guidance_scale=7.5,
             seed=None, scheduler=None, batch_size=1, model=None, check=None, callback=None) -> Result:
+    """image uint8 [H, W, 3] of any size: padded to the model's size multiple (edge pixels
+    repeated) for the work and cropped back, so the result has the upload's size."""
     image = _rgb(image)
-    _check_multiple(*image.shape[:2], stages.info()["size_multiple"])
+    H, W = image.shape[:2]
+    work_image = masks.pad_to_multiple(image, stages.info()["size_multiple"])
     context, uncond, counts, truncated = contexts(stages, prompt, negative_prompt, batch_size, check)
-    image_latents = stages.encode_pixels(image[None], check=check)
+    image_latents = stages.encode_pixels(work_image[None], check=check)
     gen = stages.diffuse(context, uncond, seed=seed, steps=steps, guidance_scale=guidance_scale,
                          scheduler=scheduler, image_latents=image_latents, strength=strength, model=model,
                          check=check, callback=callback)
-    images = stages.decode(gen.latents, check=check)
-    return Result(images, list(gen.seeds), _parameters(gen, prompt, negative_prompt), counts, truncated,
-                  gen.latents)
+    images = stages.decode(gen.latents, check=check)[:, :H, :W]
+    return Result(images, list(gen.seeds), _parameters(gen, prompt, negative_prompt, height=H, width=W,
+                                                       strength=float(strength)), counts, truncated, gen.latents)
 
 
 def inpaint(stages, prompt, image, mask, negative_prompt="", *, steps=20, guidance_scale=7.5, seed=None,
             scheduler=None, batch_size=1, strength=1.0, mask_blur=0.0, invert_mask=False, only_masked=False,
             padding=32, model=None, check=None, callback=None) -> Result:
-    """image uint8 [H, W, 3]; mask [H, W] under models.masks' rule. Pixels the blurred mask does
-    not touch are the original's exactly. With only_masked, the padded box around the mask is
-    inpainted at the model's working size and scaled back into place."""
+    """image uint8 [H, W, 3] of any size; mask [H, W] under models.masks' rule. Pixels the
+    blurred mask does not touch are the original's exactly. With only_masked, the padded box
+    around the mask is inpainted at the model's working size and scaled back into place."""
     info = stages.info()
     multiple = info["size_multiple"]
     image = _rgb(image)
@@ -114,16 +111,18 @@ def inpaint(stages, prompt, image, mask, negative_prompt="", *, steps=20, guidan
     if not mask.any():
         raise InvalidInput("the mask is empty (nothing painted): paint the area to repaint", "empty_mask")
     mask_blur = masks.check_mask_blur(mask_blur)
-    box, work_image, work_mask = None, image, mask
+    # any size: the work is done on the image padded to the size multiple (the padding is kept,
+    # not repainted) and the result cropped back, so the unmasked pixels stay the upload's own
+    padded, mask = masks.pad_to_multiple(image, multiple), masks.pad_to_multiple(mask, multiple, fill=0)
+    box, work_image, work_mask = None, padded, mask
     if only_masked:
         box = y0, y1, x0, x1 = masks.crop_box(mask > 0, int(padding), multiple)
         crop_h, crop_w = y1 - y0, x1 - x0
         scale = (info["default_size"] or max(crop_h, crop_w)) / max(crop_h, crop_w)
         th = max(multiple, int(round(crop_h * scale / multiple)) * multiple)
         tw = max(multiple, int(round(crop_w * scale / multiple)) * multiple)
-        work_image = masks.resize(image[y0:y1, x0:x1], (th, tw))
+        work_image = masks.resize(padded[y0:y1, x0:x1], (th, tw))
         work_mask = masks.resize(mask[y0:y1, x0:x1], (th, tw), smooth=False)
-    _check_multiple(*work_image.shape[:2], multiple, " (or inpaint only the masked region)")
     context, uncond, counts, truncated = contexts(stages, prompt, negative_prompt, batch_size, check)
     image_latents = stages.encode_pixels(work_image[None], check=check)
     weight = masks.repaint_weight(work_mask, mask_blur)
@@ -141,12 +140,13 @@ def inpaint(stages, prompt, image, mask, negative_prompt="", *, steps=20, guidan
     if box is not None:  # scale the repainted box back and paste only the masked pixels
         y0, y1, x0, x1 = box
         region_weight = masks.repaint_weight(mask[y0:y1, x0:x1], mask_blur)
-        full = np.repeat(image[None], len(out), 0)
+        full = np.repeat(padded[None], len(out), 0)
         for k in range(len(out)):
             patch = masks.resize(out[k], (y1 - y0, x1 - x0))
-            full[k, y0:y1, x0:x1] = masks.paste_back(image[y0:y1, x0:x1], patch[None], region_weight)[0]
+            full[k, y0:y1, x0:x1] = masks.paste_back(padded[y0:y1, x0:x1], patch[None], region_weight)[0]
         out = full
-    extra = {"height": H, "width": W}
+    out = out[:, :H, :W]
+    extra = {"height": H, "width": W, "strength": float(strength), "mask_blur": mask_blur}
     if only_masked:
         extra["only_masked_padding"] = int(padding)
     return Result(out, list(gen.seeds), _parameters(gen, prompt, negative_prompt, **extra), counts, truncated,

@@ -100,6 +100,17 @@ def crop_box(repaint: np.ndarray, padding: int, multiple: int) -> tuple[int, int
     return y0, y1, x0, x1
 
 
+def pad_to_multiple(array: np.ndarray, multiple: int, fill=None) -> np.ndarray:
+    """Pad an image or mask at the bottom and right to the next multiple of `multiple`: edge
+    pixels repeated (`fill`: that constant instead, e.g. 0 = keep for a mask). The chain crops
+    the result back, so an upload of any size keeps its own pixels where nothing repaints."""
+    H, W = array.shape[:2]
+    pad = [(0, -H % multiple), (0, -W % multiple)] + [(0, 0)] * (array.ndim - 2)
+    if fill is None:
+        return np.pad(array, pad, mode="edge")
+    return np.pad(array, pad, mode="constant", constant_values=fill)
+
+
 def resize(array: np.ndarray, size: tuple[int, int], smooth: bool = True) -> np.ndarray:
     """uint8 image or mask -> (H, W) = size; Lanczos for pictures, nearest for masks."""
     from PIL import Image

@@ -470,12 +470,16 @@ class StableDiffusionPipeline:
                              batch_size=batch_size, image=image, strength=strength, callback=callback).images
 
     def inpaint(self, prompt, image, mask, negative_prompt=None, num_steps=20, guidance_scale=7.5, seed=None,
-                scheduler=DEFAULT_SCHEDULER, batch_size=1, strength=1.0, mask_blur=0.0,
-                callback=None) -> np.ndarray:
+                scheduler=DEFAULT_SCHEDULER, batch_size=1, strength=1.0, mask_blur=0.0, invert_mask=False,
+                only_masked=False, padding=32, callback=None) -> np.ndarray:
         """`mask` [H, W]: values >= 128 of 255 (>= 0.5 for floats) repaint: white or painted, as in
-        diffusers, A1111 and Gradio (models/masks.py has the whole rule)."""
+        diffusers, A1111 and Gradio (models/masks.py has the whole rule). Any image size; with
+        `only_masked` the region around the mask (plus `padding` px) is inpainted at the model's
+        size and pasted back."""
         if mask is None:
             raise InvalidInput("inpaint needs a mask")
-        return self.generate(prompt, negative_prompt, num_steps, guidance_scale, seed, scheduler,
-                             batch_size=batch_size, image=image, mask=mask, strength=strength,
-                             mask_blur=mask_blur, callback=callback).images
+        self._check_batch(batch_size)
+        return chain.inpaint(self, prompt, image, mask, negative_prompt, steps=num_steps,
+                             guidance_scale=guidance_scale, seed=seed, scheduler=scheduler, batch_size=batch_size,
+                             strength=strength, mask_blur=mask_blur, invert_mask=invert_mask,
+                             only_masked=only_masked, padding=padding, callback=callback).images

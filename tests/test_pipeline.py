@@ -81,6 +81,20 @@ def test_inpaint_keeps_unmasked_pixels_and_repaints_painted_ones(tiny_pipeline, 
     assert np.abs(out[~outside].astype(int) - image[~outside].astype(int)).mean() > 5
 
 
+@pytest.mark.parametrize("only_masked", [False, True])
+def test_inpaint_and_img2img_take_an_image_of_any_size(tiny_pipeline, rng, only_masked):
+    """200x150 is no multiple of the model's 32 px: the chain pads, works and crops back, so
+    the answer has the upload's size and its unmasked pixels are the upload's own."""
+    image = rng.integers(0, 256, (150, 200, 3)).astype(np.uint8)
+    mask = np.zeros((150, 200), np.uint8)
+    mask[40:90, 120:190] = 255
+    out = tiny_pipeline.inpaint(PROMPT, image, mask, num_steps=2, seed=0, only_masked=only_masked)
+    assert out.shape == (1, 150, 200, 3)
+    np.testing.assert_array_equal(out[0][mask == 0], image[mask == 0])
+    assert np.abs(out[0][mask > 0].astype(int) - image[mask > 0].astype(int)).mean() > 5
+    assert tiny_pipeline.image_to_image(PROMPT, image, strength=0.5, num_steps=2, seed=0).shape == (1, 150, 200, 3)
+
+
 def test_inpaint_mask_blur_feathers_only_near_the_edge(tiny_pipeline, rng):
     image, mask = _image_and_mask(rng)
     out = tiny_pipeline.inpaint(PROMPT, image, mask, num_steps=2, seed=0, mask_blur=4)[0]

@@ -19,7 +19,7 @@ from models.errors import InvalidInput
 from models.pipeline import MAX_SEED
 
 from ..errors import ApiError
-from .uploads import check_upload_sizes, fit_to_multiple, mask_from_editor
+from .uploads import check_upload_sizes, mask_from_editor
 
 RANDOM = -1  # the seed box's "pick one"
 
@@ -142,9 +142,7 @@ class UIHandlers:
             check_upload_sizes(self.limits, editor, mask_upload)
             if only_masked:
                 self.limits.check_size(self.size, self.size)  # the masked box is inpainted at the model's size
-            image, mask = mask_from_editor(editor, mask_upload)
-            if not only_masked:
-                image, mask = fit_to_multiple(image, mask, self.multiple)
+            image, mask = mask_from_editor(editor, mask_upload)  # any size: the chain pads and crops back
         except ApiError as e:
             raise gr.Error(e.message) from None
         model = model or self.base_model

@@ -8,19 +8,6 @@ import numpy as np
 from ..errors import ApiError
 
 
-def fit_to_multiple(image, mask, multiple):
-    """Round an uploaded image (and mask) down to the model's size multiple."""
-    from PIL import Image
-
-    H, W = image.shape[:2]
-    h, w = max(multiple, H // multiple * multiple), max(multiple, W // multiple * multiple)
-    if (h, w) == (H, W):
-        return image, mask
-    image = np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS))
-    mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
-    return image, mask
-
-
 def mask_from_editor(value, uploaded_mask=None):
     """Gradio 6 ImageMask value {"background", "layers", "composite"} -> (RGB image, mask).
     The painted mask is the alpha of layers[0]; an uploaded mask image (white = repaint)
