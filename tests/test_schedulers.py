@@ -1,30 +1,68 @@
 """Schedulers against diffusers 0.42.1 (torch) with Stable Diffusion v1.x configs.
 
-Our latents are NHWC, diffusers' NCHW. A fixed fake "UNet" eps = tanh(0.5 x + 0.01 t) makes the
-whole sampling loop (init_noise_sigma, scale_model_input, step) comparable end to end.
+Our latents are NHWC, diffusers' NCHW. A fixed fake "UNet" out = tanh(0.5 x + 0.01 t) makes the
+whole sampling loop (init_noise_sigma, scale_model_input, step) comparable end to end. Every
+scheduler is checked with every timestep spacing it accepts and both prediction types: the
+timesteps and sigmas, each step on the same model outputs (1e-5), and whole runs (1e-3).
 """
 import numpy as np
 import pytest
 import tensorflow as tf
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
-                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler)
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, LCMScheduler)
 from diffusers.schedulers import scheduling_euler_ancestral_discrete as ref_euler_a
+from diffusers.schedulers import scheduling_lcm as ref_lcm
 
 from models.schedulers import SCHEDULERS, NoiseSchedule, get_scheduler
+from models.schedulers.names import A1111_SAMPLERS, a1111_sampler, scheduler_from_a1111
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-REFERENCE = {
-    "ddim": lambda: DDIMScheduler(**SD, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                                  timestep_spacing="leading", prediction_type="epsilon"),
-    "dpmpp_2m": lambda: DPMSolverMultistepScheduler(**SD, algorithm_type="dpmsolver++", solver_order=2,
-                                                    timestep_spacing="linspace", lower_order_final=True),
-    "euler": lambda: EulerDiscreteScheduler(**SD, timestep_spacing="linspace"),
-    "euler_a": lambda: EulerAncestralDiscreteScheduler(**SD, timestep_spacing="linspace"),
-}
-DETERMINISTIC = ["ddim", "dpmpp_2m", "euler"]
+SPACINGS = ("leading", "linspace", "trailing")
+PREDICTIONS = ("epsilon", "v_prediction")
+
+
+def make_reference(name, spacing=None, prediction_type="epsilon"):
+    """diffusers' scheduler for one of ours, with SD's config (steps_offset=1) and the same options."""
+    spacing = spacing or get_scheduler(name).spacing
+    kw = dict(SD, prediction_type=prediction_type, steps_offset=1)
+    if name == "ddim":
+        return DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=False, timestep_spacing=spacing)
+    if name in ("dpmpp_2m", "dpmpp_2m_karras"):
+        return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
+                                           timestep_spacing=spacing, lower_order_final=True,
+                                           use_karras_sigmas=name.endswith("karras"))
+    if name in ("euler", "euler_karras"):
+        return EulerDiscreteScheduler(**kw, timestep_spacing=spacing, use_karras_sigmas=name.endswith("karras"))
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler(**kw, timestep_spacing=spacing)
+    if name == "lcm":
+        return LCMScheduler(**SD, prediction_type=prediction_type)
+    raise KeyError(name)
+
+
+REFERENCE = {name: (lambda name=name: make_reference(name)) for name in SCHEDULERS}
+DETERMINISTIC = ["ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_karras"]
+STOCHASTIC = ["euler_a", "lcm"]
 STEPS = [1, 2, 7, 20, 50]
 SHAPE = (2, 8, 8, 4)  # NHWC
+
+
+def spacings(name):
+    return get_scheduler(name).spacings or (None,)
+
+
+def variants(names):
+    """(name, spacing, prediction_type) for every spacing each scheduler accepts."""
+    return [(n, sp, pt) for n in names for sp in spacings(n) for pt in PREDICTIONS]
+
+
+def ours(name, spacing=None, prediction_type="epsilon"):
+    return get_scheduler(name, timestep_spacing=spacing, prediction_type=prediction_type)
+
+
+def step_counts(name):
+    return [n for n in STEPS if n <= get_scheduler(name).max_steps]
 
 
 def to_nchw(x):
@@ -52,8 +90,8 @@ def latents(seed=0, shape=SHAPE):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def reference_run(name, n, x_nhwc, start=0, x0=None):
-    ref = REFERENCE[name]()
+def reference_run(name, n, x_nhwc, start=0, x0=None, spacing=None, prediction_type="epsilon"):
+    ref = make_reference(name, spacing, prediction_type)
     ref.set_timesteps(n)
     timesteps = ref.timesteps[start:]
     if x0 is None:
@@ -68,8 +106,8 @@ def reference_run(name, n, x_nhwc, start=0, x0=None):
     return to_nhwc(x)
 
 
-def eager_run(name, n, x_nhwc, seed=None):
-    s = get_scheduler(name)
+def eager_run(name, n, x_nhwc, seed=None, spacing=None, prediction_type="epsilon"):
+    s = ours(name, spacing, prediction_type)
     s.set_timesteps(n)
     x = tf.constant(x_nhwc) * s.init_noise_sigma()
     for t in s.timesteps:
@@ -98,8 +136,8 @@ def graph_loop(s, pad_to=None):
     return run
 
 
-def compiled(name, jit=False, pad_to=None):
-    s = get_scheduler(name)
+def compiled(name, jit=False, pad_to=None, spacing=None, prediction_type="epsilon"):
+    s = ours(name, spacing, prediction_type)
     spec = [tf.TensorSpec(SHAPE, tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32),
             tf.TensorSpec(SHAPE, tf.float32), tf.TensorSpec([], tf.int32)]
     fn = tf.function(graph_loop(s, pad_to), input_signature=spec, jit_compile=jit)
@@ -110,10 +148,11 @@ def compiled(name, jit=False, pad_to=None):
 _COMPILED = {}
 
 
-def graph_fn(name, jit=False):
-    key = (name, jit)
+def graph_fn(name, jit=False, spacing=None, prediction_type="epsilon"):
+    key = (name, jit, spacing, prediction_type)
     if key not in _COMPILED:  # one trace per scheduler, reused for every step count
-        _COMPILED[key] = compiled(name, jit, pad_to=1000 if jit else None)
+        pad_to = get_scheduler(name).max_steps if jit else None
+        _COMPILED[key] = compiled(name, jit, pad_to, spacing, prediction_type)
     return _COMPILED[key]
 
 
@@ -138,31 +177,54 @@ def test_noise_schedule_add_noise_matches_ddpm():
     np.testing.assert_allclose(ours.numpy(), to_nhwc(ref), rtol=1e-6, atol=1e-6)
 
 
+def test_velocity_and_training_target_match_diffusers():
+    x0, noise = latents(1), latents(2)
+    t = np.array([3, 870], np.int64)
+    ref = DDPMScheduler(**SD).get_velocity(to_nchw(x0), to_nchw(noise), torch.from_numpy(t))
+    v = NoiseSchedule(prediction_type="v_prediction")
+    np.testing.assert_allclose(v.training_target(x0, noise, t).numpy(), to_nhwc(ref), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(NoiseSchedule().training_target(x0, noise, t).numpy(), noise)
+
+
 def test_noise_schedule_config_roundtrip():
     cfg = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
            "beta_end": 0.012, "beta_schedule": "scaled_linear", "skip_prk_steps": True, "trained_betas": None}
     s = NoiseSchedule.from_config(cfg)
-    assert s.to_config() == {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")}
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+    assert s.to_config() == {**{k: cfg[k] for k in keys}, "prediction_type": "epsilon"}
+    assert s.timestep_spacing is None
     np.testing.assert_array_equal(NoiseSchedule.from_config(s.to_config()).alphas_cumprod, s.alphas_cumprod)
     with pytest.raises(ValueError, match="squaredcos_cap_v2"):
         NoiseSchedule.from_config(dict(cfg, beta_schedule="squaredcos_cap_v2"))
+    # SD 2.x 768-v and SD-Turbo configs: the prediction type and the spacing are the model's
+    turbo = NoiseSchedule.from_config(dict(cfg, _class_name="EulerDiscreteScheduler", timestep_spacing="trailing"))
+    v = NoiseSchedule.from_config(dict(cfg, prediction_type="v_prediction"))
+    assert (turbo.timestep_spacing, turbo.prediction_type) == ("trailing", "epsilon")
+    assert v.prediction_type == "v_prediction" and NoiseSchedule.from_config(v.to_config()).prediction_type == "v_prediction"
+    assert NoiseSchedule.from_config(turbo.to_config()).timestep_spacing == "trailing"
+    for bad in (dict(prediction_type="sample"), dict(timestep_spacing="karras")):
+        with pytest.raises(ValueError, match=next(iter(bad.values()))):
+            NoiseSchedule.from_config(dict(cfg, **bad))
 
 
 # ---------------------------------------------------------------- plans
 
-@pytest.mark.parametrize("name", list(REFERENCE))
-def test_timesteps_and_sigmas_match(name):
-    for n in STEPS + [3, 999, 1000]:
-        ref = REFERENCE[name]()
+@pytest.mark.parametrize("name,spacing", [(n, sp) for n in SCHEDULERS for sp in spacings(n)])
+def test_timesteps_and_sigmas_match(name, spacing):
+    counts = STEPS + [3, 4, 16, 48, 999, 1000] if name != "lcm" else [1, 2, 3, 4, 7, 8, 20, 49, 50]
+    for n in counts:
+        ref = make_reference(name, spacing)
         ref.set_timesteps(n)
-        ours = get_scheduler(name)
-        ours.set_timesteps(n)
-        assert ours.timesteps.dtype == ref.timesteps.numpy().dtype
-        np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy(), err_msg=f"{name} n={n}")
-        if name != "ddim":  # sigmas equal up to torch's last-bit sqrt rounding
-            np.testing.assert_allclose(ours.sigmas, ref.sigmas.numpy(), rtol=1e-6, atol=0)
-        if name in ("euler", "euler_a"):
-            assert float(ours.init_noise_sigma()) == pytest.approx(float(ref.init_noise_sigma), rel=1e-6)
+        s = ours(name, spacing)
+        s.set_timesteps(n)
+        assert s.timesteps.dtype == ref.timesteps.numpy().dtype
+        if name == "euler_karras":  # fractional timesteps of Karras sigmas: last-bit pow/log differences
+            np.testing.assert_allclose(s.timesteps, ref.timesteps.numpy(), rtol=0, atol=1e-4, err_msg=f"n={n}")
+        else:
+            np.testing.assert_array_equal(s.timesteps, ref.timesteps.numpy(), err_msg=f"{name} {spacing} n={n}")
+        if name not in ("ddim", "lcm"):  # sigmas equal up to torch's last-bit sqrt rounding
+            np.testing.assert_allclose(s.sigmas, ref.sigmas.numpy(), rtol=1e-6, atol=0, err_msg=f"n={n}")
+        assert float(s.init_noise_sigma()) == pytest.approx(float(ref.init_noise_sigma), rel=1e-6), n
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
@@ -176,15 +238,56 @@ def test_padded_plan_matches_unpadded(name):
                 np.testing.assert_array_equal(padded[key].numpy()[: value.shape[0]], value.numpy())
 
 
+# ---------------------------------------------------------------- single steps
+
+def _inject_noise(monkeypatch, s, n):
+    """The same per-step noise for diffusers' randn_tensor and our scheduler's _noise."""
+    noises = np.stack([latents(100 + k) for k in range(n)])
+    calls = iter(noises)
+    for module in (ref_euler_a, ref_lcm):
+        monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: to_nchw(next(calls)))
+    monkeypatch.setattr(s, "_noise", lambda shape, seed, i: tf.gather(tf.constant(noises), i), raising=False)
+
+
+@pytest.mark.parametrize("name,spacing,prediction_type", variants(SCHEDULERS))
+def test_each_step_matches_diffusers_on_the_same_model_outputs(name, spacing, prediction_type, monkeypatch):
+    """Feed both the same sample and model output at every step (diffusers' trajectory): the
+    scaled UNet input and the stepped sample agree to 1e-5, through the eager and the graph API."""
+    for n in (4, 20) if name != "lcm" else (4, 8):
+        ref = make_reference(name, spacing, prediction_type)
+        ref.set_timesteps(n)
+        graph, eager = ours(name, spacing, prediction_type), ours(name, spacing, prediction_type)
+        eager.set_timesteps(n)
+        _inject_noise(monkeypatch, graph, n)
+        monkeypatch.setattr(eager, "_noise", graph._noise, raising=False)
+        plan = graph.plan(n)
+        x = to_nchw(latents(0)) * ref.init_noise_sigma
+        state = None
+        for i, t in enumerate(ref.timesteps):
+            x_in = ref.scale_model_input(x, t)
+            out = fake_eps_torch(x_in, t)
+            prev = ref.step(out, t, x).prev_sample
+            x_ours = tf.constant(to_nhwc(x))
+            state = graph.initial_state(x_ours) if state is None else state
+            scaled = graph.plan_scale_model_input(plan, tf.constant(i), x_ours)
+            assert rel_err(scaled, to_nhwc(x_in)) < 1e-6, (n, i)
+            stepped, state = graph.plan_step(plan, tf.constant(i), tf.constant(to_nhwc(out)), x_ours, state)
+            by_eager = eager.step(to_nhwc(out), eager.timesteps[i], x_ours)
+            assert rel_err(stepped, to_nhwc(prev)) < 1e-5, (n, i, rel_err(stepped, to_nhwc(prev)))
+            assert rel_err(by_eager, to_nhwc(prev)) < 1e-5, (n, i)
+            x = prev
+
+
 # ---------------------------------------------------------------- full sampling runs
 
-@pytest.mark.parametrize("name", DETERMINISTIC)
-def test_full_run_matches_diffusers_eager_and_graph(name):
+@pytest.mark.parametrize("name,spacing,prediction_type", variants(DETERMINISTIC))
+def test_full_run_matches_diffusers_eager_and_graph(name, spacing, prediction_type):
     x = latents(0)
+    opts = dict(spacing=spacing, prediction_type=prediction_type)
     for n in STEPS:
-        ref = reference_run(name, n, x)
-        eager = eager_run(name, n, x)
-        graph = graph_fn(name)(x, n)
+        ref = reference_run(name, n, x, **opts)
+        eager = eager_run(name, n, x, **opts)
+        graph = graph_fn(name, **opts)(x, n)
         assert rel_err(eager, ref) < 1e-3, (name, n, rel_err(eager, ref))
         assert rel_err(graph, ref) < 1e-3, (name, n, rel_err(graph, ref))
         assert rel_err(graph, eager) < 1e-5, (name, n)
@@ -216,8 +319,8 @@ def test_img2img_matches_diffusers(name):
         start = int(s.start_index(n, strength))
         assert start == n - min(int(n * strength), n)
         ref = reference_run(name, n, noise, start=start, x0=x0)
-        ours = graph_fn(name)(noise, n, x0=x0, start=start)
-        assert rel_err(ours, ref) < 1e-3, (name, strength, rel_err(ours, ref))
+        ours_ = graph_fn(name)(noise, n, x0=x0, start=start)
+        assert rel_err(ours_, ref) < 1e-3, (name, strength, rel_err(ours_, ref))
 
 
 def test_start_index_like_diffusers():
@@ -229,18 +332,19 @@ def test_start_index_like_diffusers():
             assert int(s.start_index(tf.constant(n), tf.constant(strength, tf.float32))) == expected
 
 
-# ---------------------------------------------------------------- Euler ancestral
+# ---------------------------------------------------------------- samplers that add noise
 
-def test_euler_ancestral_matches_diffusers_given_same_noise(monkeypatch):
-    x, n = latents(0), 7
-    noises = np.stack([latents(100 + k) for k in range(n)])
-    ref_calls = iter(noises)
-    monkeypatch.setattr(ref_euler_a, "randn_tensor", lambda *a, **k: to_nchw(next(ref_calls)))
-    ref = reference_run("euler_a", n, x)
-    s = get_scheduler("euler_a")
-    monkeypatch.setattr(s, "_noise", lambda shape, seed, i: tf.gather(tf.constant(noises), i))
-    ours = graph_loop(s)(tf.constant(x), tf.constant(n), tf.constant([0, 0]), tf.zeros(SHAPE), tf.constant(0))
-    assert rel_err(ours, ref) < 1e-3
+@pytest.mark.parametrize("name,spacing", [("euler_a", "linspace"), ("euler_a", "trailing"), ("lcm", None)])
+def test_stochastic_run_matches_diffusers_given_same_noise(name, spacing, monkeypatch):
+    """Whole runs with the per-step noise injected on both sides; Euler a with trailing
+    timesteps is SD-Turbo's sampler, LCM re-noises between its consistency steps."""
+    x = latents(0)
+    for n in (1, 4, 7):
+        s = ours(name, spacing)
+        _inject_noise(monkeypatch, s, n)
+        ref = reference_run(name, n, x, spacing=spacing)
+        graph = graph_loop(s)(tf.constant(x), tf.constant(n), tf.constant([0, 0]), tf.zeros(SHAPE), tf.constant(0))
+        assert rel_err(graph, ref) < 1e-3, (n, rel_err(graph, ref))
 
 
 def test_euler_ancestral_noise_is_standard_normal():
@@ -251,37 +355,39 @@ def test_euler_ancestral_noise_is_standard_normal():
     assert abs(np.corrcoef(z[..., 0].ravel(), z[..., 1].ravel())[0, 1]) < 0.05
 
 
-def test_euler_ancestral_seeding():
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_seeding(name):
     x = latents(0)
-    run, xla = graph_fn("euler_a"), graph_fn("euler_a", jit=True)
+    run, xla = graph_fn(name), graph_fn(name, jit=True)
     a, b, c = run(x, 20, seed=(1, 2)), run(x, 20, seed=(1, 2)), run(x, 20, seed=(1, 3))
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 1e-2
     assert a.shape == SHAPE and np.isfinite(a).all()
     assert rel_err(xla(x, 20, seed=(1, 2)), a) < 1e-5  # same image with and without XLA
-    assert rel_err(eager_run("euler_a", 20, x, seed=tf.constant([1, 2])), a) < 1e-6
+    assert rel_err(eager_run(name, 20, x, seed=tf.constant([1, 2])), a) < 1e-6
 
 
 # ---------------------------------------------------------------- add_noise
 
-def test_ddim_add_noise_matches_diffusers():
+@pytest.mark.parametrize("name", ["ddim", "lcm"])
+def test_timestep_indexed_add_noise_matches_diffusers(name):
     x0, noise = latents(1), latents(2)
     t = np.array([1, 981], np.int64)
-    ref = REFERENCE["ddim"]().add_noise(to_nchw(x0), to_nchw(noise), torch.from_numpy(t))
-    ours = get_scheduler("ddim").add_noise(x0, noise, t)
-    np.testing.assert_allclose(ours.numpy(), to_nhwc(ref), rtol=1e-6, atol=1e-6)
+    ref = REFERENCE[name]().add_noise(to_nchw(x0), to_nchw(noise), torch.from_numpy(t))
+    ours_ = get_scheduler(name).add_noise(x0, noise, t)
+    np.testing.assert_allclose(ours_.numpy(), to_nhwc(ref), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m", "euler", "euler_a"])
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_karras", "euler_a"])
 def test_sigma_add_noise_matches_diffusers(name):
     x0, noise, n = latents(1), latents(2), 20
-    ref, ours = REFERENCE[name](), get_scheduler(name)
+    ref, s = REFERENCE[name](), get_scheduler(name)
     ref.set_timesteps(n)
-    ours.set_timesteps(n)
+    s.set_timesteps(n)
     t = ref.timesteps[[0, 13]]
     expected = to_nhwc(ref.add_noise(to_nchw(x0), to_nchw(noise), t))
-    np.testing.assert_allclose(ours.add_noise(x0, noise, t.numpy()).numpy(), expected, rtol=1e-5, atol=1e-5)
-    graph = ours.plan_add_noise(ours.plan(n), x0, noise, tf.constant(13))
+    np.testing.assert_allclose(s.add_noise(x0, noise, t.numpy()).numpy(), expected, rtol=1e-5, atol=1e-5)
+    graph = s.plan_add_noise(s.plan(n), x0, noise, tf.constant(13))
     np.testing.assert_allclose(graph.numpy()[1], expected[1], rtol=1e-5, atol=1e-5)
 
 
@@ -290,13 +396,13 @@ def test_sigma_add_noise_matches_diffusers(name):
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_bad_num_steps(name):
     s = get_scheduler(name)
-    for bad in (0, 1001, -3, 2.5):
+    for bad in (0, s.max_steps + 1, -3, 2.5):
         with pytest.raises(ValueError):
             s.set_timesteps(bad)
     with pytest.raises(ValueError):
         s.plan(0)
     with pytest.raises(ValueError):
-        s.plan(tf.constant(1001))
+        s.plan(tf.constant(s.max_steps + 1))
     with pytest.raises(ValueError):
         s.step(tf.zeros(SHAPE), 1, tf.zeros(SHAPE))  # eager step before set_timesteps
     fn = tf.function(lambda n: s.plan(n)["timesteps"], input_signature=[tf.TensorSpec([], tf.int32)])
@@ -304,13 +410,48 @@ def test_bad_num_steps(name):
         fn(tf.constant(0))
 
 
-def test_registry():
-    assert set(SCHEDULERS) == {"ddim", "dpmpp_2m", "euler", "euler_a"}
+def test_registry_and_options():
+    assert set(SCHEDULERS) == {"ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_karras", "euler_a", "lcm"}
+    defaults = {"ddim": "leading", "lcm": "lcm"}
     for name, cls in SCHEDULERS.items():
         s = get_scheduler(name)
-        assert isinstance(s, cls) and s.name == name
-        assert s.spacing == ("leading" if name == "ddim" else "linspace")
+        assert isinstance(s, cls) and s.name == name and s.prediction_type == "epsilon"
+        assert s.spacing == defaults.get(name, "linspace")
     with pytest.raises(ValueError, match="ddim"):
         get_scheduler("pndm")
     with pytest.raises(ValueError):
         NoiseSchedule(beta_schedule="cosine")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        get_scheduler("euler", timestep_spacing="karras")
+    with pytest.raises(ValueError, match="prediction_type"):
+        get_scheduler("euler", prediction_type="sample")
+    with pytest.raises(ValueError, match="lcm does not take"):
+        get_scheduler("lcm", timestep_spacing="trailing")
+    # the model's schedule decides when the call does not: SD-Turbo's trailing, SD 2's v_prediction
+    turbo = NoiseSchedule(timestep_spacing="trailing", prediction_type="v_prediction")
+    assert get_scheduler("euler_a", turbo).spacing == "trailing"
+    assert get_scheduler("euler_a", turbo, timestep_spacing="leading").spacing == "leading"
+    assert get_scheduler("ddim", turbo).prediction_type == "v_prediction"
+    assert get_scheduler("ddim", turbo, prediction_type="epsilon").prediction_type == "epsilon"
+    assert get_scheduler("lcm", turbo).spacing == "lcm"  # LCM ignores a configured spacing, as diffusers does
+
+
+# ---------------------------------------------------------------- A1111 names
+
+def test_a1111_sampler_names():
+    expected = {"DPM++ 2M Karras": "dpmpp_2m_karras", "Euler Karras": "euler_karras", "Euler a": "euler_a",
+                "DDIM": "ddim", "LCM": "lcm", "Euler": "euler", "DPM++ 2M": "dpmpp_2m"}
+    assert A1111_SAMPLERS == expected
+    for label, name in expected.items():
+        assert scheduler_from_a1111(label) == name
+        assert scheduler_from_a1111(f"  {label.upper()} ") == name  # case and spacing forgiven
+        assert a1111_sampler(name) == label
+        assert scheduler_from_a1111(name) == name  # our own names pass through
+    # A1111 >= 1.9 writes the schedule type apart: "Sampler: DPM++ 2M, Schedule type: Karras"
+    assert scheduler_from_a1111("DPM++ 2M", "Karras") == "dpmpp_2m_karras"
+    assert scheduler_from_a1111("Euler", "karras") == "euler_karras"
+    assert scheduler_from_a1111("Euler a", "Automatic") == "euler_a"
+    assert set(a1111_sampler(n) for n in SCHEDULERS) == set(expected)
+    for bad, kind in (("DPM++ SDE", None), ("Euler a", "Karras"), ("DDIM", "Exponential")):
+        with pytest.raises(ValueError, match="no scheduler here"):
+            scheduler_from_a1111(bad, kind)

@@ -192,7 +192,9 @@ class DiffusionTrainer:
         noisy = self.components.schedule.add_noise(latents, noise, t)
         with tf.GradientTape() as tape:
             eps = self.unet([noisy, tf.cast(t, tf.float32), ctx], training=True)
-            loss = tf.reduce_mean(tf.square(tf.cast(eps, tf.float32) - noise))
+            # the noise, or v for a v-prediction model (NoiseSchedule.training_target)
+            target = self.components.schedule.training_target(latents, noise, t)
+            loss = tf.reduce_mean(tf.square(tf.cast(eps, tf.float32) - target))
             scaled = loss / self.strategy.num_replicas_in_sync
             if cfg.mixed_precision == "float16":
                 scaled = self.optimizer.scale_loss(scaled)

@@ -61,7 +61,7 @@ _VAE_SUPPORTED = {
     "latents_mean": (None,),
     "latents_std": (None,),
 }
-_SCHEDULER_SUPPORTED = {"prediction_type": ("epsilon",)}
+_SCHEDULER_SUPPORTED = {"prediction_type": ("epsilon", "v_prediction")}
 
 
 def read_json(path) -> dict:
@@ -328,7 +328,7 @@ def save_diffusers_folder(components, folder, *, dtype: str = "float16", parts=P
         c.tokenizer.save_vocab(os.path.join(folder, "tokenizer"))
         index["tokenizer"] = ["transformers", "CLIPTokenizer"]
     if "scheduler" in parts:
-        config = {"_class_name": "PNDMScheduler", **c.schedule.to_config(), "prediction_type": "epsilon",
+        config = {"_class_name": "PNDMScheduler", **c.schedule.to_config(),
                   "skip_prk_steps": True, "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
         _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), config)
         index["scheduler"] = ["diffusers", "PNDMScheduler"]

@@ -17,27 +17,53 @@ The eager API (`set_timesteps`, `timesteps`, `step(model_output, timestep, sampl
 `scale_model_input`: diffusers' names and signatures) calls the same graph code, so the two cannot
 disagree. The graph API's methods take the plan first and say so in their names: `plan_step`,
 `plan_add_noise`, `plan_scale_model_input`.
+
+Two options every scheduler takes, each defaulting to what the model's schedule says
+(`NoiseSchedule.prediction_type`, `NoiseSchedule.timestep_spacing`) and else to the scheduler's
+own default: `prediction_type` ("epsilon" or "v_prediction": what the UNet outputs) and
+`timestep_spacing` ("leading", "linspace" or "trailing"; see spacing.py).
 """
 import numpy as np
 import tensorflow as tf
 
-from .schedule import NoiseSchedule, _expand_to
+from .schedule import TIMESTEP_SPACINGS, NoiseSchedule, _expand_to, check_prediction_type, check_spacing
+from .spacing import linspace
 
 
 class Scheduler:
     name = None
-    spacing = None
+    spacing = None  # the default timestep spacing (diffusers' default for SD with this sampler)
+    spacings = TIMESTEP_SPACINGS  # the spacings this sampler accepts
     order = 1  # model evaluations per step, as diffusers counts it (img2img skips start*order)
     integer_timesteps = True  # diffusers hands the UNet integer timesteps (False: fractional)
 
-    def __init__(self, schedule=None):
+    def __init__(self, schedule=None, *, timestep_spacing=None, prediction_type=None):
         self.schedule = schedule if schedule is not None else NoiseSchedule()
         self.num_train_timesteps = self.schedule.num_train_timesteps
+        self.prediction_type = check_prediction_type(prediction_type or self.schedule.prediction_type)
+        if timestep_spacing is not None:
+            check_spacing(timestep_spacing)
+            if timestep_spacing not in self.spacings:
+                raise ValueError(f"{self.name} does not take timestep_spacing={timestep_spacing!r}; "
+                                 f"it accepts {self.spacings}")
+            self.spacing = timestep_spacing
+        elif self.schedule.timestep_spacing in self.spacings:  # the model's scheduler config names one
+            self.spacing = self.schedule.timestep_spacing
         self._plan = None
         self._reset()
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.schedule!r})"
+        return (f"{type(self).__name__}({self.schedule!r}, timestep_spacing={self.spacing!r}, "
+                f"prediction_type={self.prediction_type!r})")
+
+    def _vp_predictions(self, model_output, sample, alpha, sigma):
+        """(x0, eps) from the model output at sample = alpha * x0 + sigma * eps (alpha^2 + sigma^2 = 1).
+
+        epsilon: the output is eps. v_prediction: the output is v = alpha * eps - sigma * x0, so
+        x0 = alpha * sample - sigma * v and eps = alpha * v + sigma * sample."""
+        if self.prediction_type == "v_prediction":
+            return alpha * sample - sigma * model_output, alpha * model_output + sigma * sample
+        return (sample - sigma * model_output) / alpha, model_output
 
     # ------------------------------------------------------------------ graph API
     def plan(self, num_steps, pad_to=None):
@@ -84,14 +110,15 @@ class Scheduler:
         return ()
 
     def plan_step(self, plan, i, model_output, sample, state, seed=None):
-        """One step at tensor index i -> (prev_sample, state). `model_output` is the epsilon
-        (noise) prediction; `state` is the multistep memory from initial_state or the last step."""
+        """One step at tensor index i -> (prev_sample, state). `model_output` is the UNet's output
+        (noise or velocity, by `prediction_type`); `state` is the multistep memory from
+        initial_state or the last step."""
         return self._step(plan, i, model_output, sample, state, seed=seed)
 
     def step(self, model_output, timestep, sample, seed=None):
         """Eager: -> prev_sample. `timestep` is an entry of `self.timesteps`; the first call
         locates it, later calls advance an internal counter (as diffusers does), so visit the
-        timesteps in order. `model_output` is the epsilon (noise) prediction."""
+        timesteps in order. `model_output` is the UNet's output (see `prediction_type`)."""
         return self._eager_step(model_output, timestep, sample, seed=seed)
 
     def _step(self, plan, i, model_output, sample, state, seed=None):
@@ -128,9 +155,14 @@ class Scheduler:
         return tf.maximum(n - init, 0)
 
     # ------------------------------------------------------------------ shared helpers
+    @property
+    def max_steps(self) -> int:
+        """The largest step count this sampler can plan."""
+        return self.num_train_timesteps
+
     def _check_steps(self, num_steps):
         """int32 scalar; raises ValueError when the value is known, asserts (and clamps) otherwise."""
-        hi = self.num_train_timesteps
+        hi = self.max_steps
         value = tf.get_static_value(num_steps) if tf.is_tensor(num_steps) else num_steps
         if value is not None:
             value = np.asarray(value)
@@ -146,14 +178,7 @@ class Scheduler:
     def _clip_index(plan, i):
         return tf.clip_by_value(tf.cast(i, tf.int32), 0, plan["num_steps"] - 1)
 
-    @staticmethod
-    def _linspace(stop, num, k):
-        """numpy.linspace(0, stop, num)[k] in float64, with numpy's exact rounding."""
-        num = tf.cast(num, tf.float64)
-        k = tf.cast(k, tf.float64)
-        step = stop / tf.maximum(num - 1.0, 1.0)
-        y = tf.where(num > 1.0, k * step, tf.zeros_like(k))
-        return tf.where((k == num - 1.0) & (num > 1.0), tf.cast(stop, tf.float64), y)
+    _linspace = staticmethod(linspace)
 
     # ------------------------------------------------------------------ eager API
     def _reset(self):

@@ -1,18 +1,23 @@
 """DDIM (eta = 0): deterministic, as diffusers' DDIMScheduler with Stable Diffusion's config
-(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, clip_sample=False)."""
+(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, clip_sample=False).
+
+Any spacing works; as in diffusers, the "previous" timestep is always t - T // n, whatever the
+spacing put next in the list.
+"""
 import tensorflow as tf
 
 from .base import Scheduler
+from .spacing import spaced_timesteps
 
 
 class DDIMScheduler(Scheduler):
     name = "ddim"
     spacing = "leading"
-    steps_offset = 1
 
     def _make_plan(self, n, idx):
         ratio = self.num_train_timesteps // n
-        t = (n - 1 - idx) * ratio + self.steps_offset
+        t = spaced_timesteps(self.spacing, n, idx, self.num_train_timesteps)
+        t = tf.cast(tf.round(t), tf.int32)  # "linspace" is rounded to integers, the others are
         prev = t - ratio
         acp = tf.constant(self.schedule.alphas_cumprod)
         # set_alpha_to_one=False: below timestep 0 the "previous" alpha is alphas_cumprod[0].
@@ -26,8 +31,8 @@ class DDIMScheduler(Scheduler):
     def _step(self, plan, i, model_output, sample, state, seed=None):
         a_t = plan["alphas_cumprod"][i]
         a_prev = plan["alphas_cumprod_prev"][i]
-        x0 = (sample - tf.sqrt(1.0 - a_t) * model_output) / tf.sqrt(a_t)
-        return tf.sqrt(a_prev) * x0 + tf.sqrt(1.0 - a_prev) * model_output, state
+        x0, eps = self._vp_predictions(model_output, sample, tf.sqrt(a_t), tf.sqrt(1.0 - a_t))
+        return tf.sqrt(a_prev) * x0 + tf.sqrt(1.0 - a_prev) * eps, state
 
     def _noise_coefs(self, plan, idx):
         a = tf.gather(plan["alphas_cumprod"], idx)

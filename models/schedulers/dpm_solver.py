@@ -1,13 +1,19 @@
 """DPM-Solver++(2M): second-order multistep solver in data (x0) prediction, as diffusers'
 DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
-lower_order_final=True, final_sigmas_type="zero", timestep_spacing="linspace").
+lower_order_final=True, final_sigmas_type="zero", timestep_spacing="linspace", steps_offset=1).
 
 The previous step's x0 prediction is the loop state. The first step after a (re)start is first
 order, and so is the last one: with final sigma 0 diffusers always ends on a first-order step.
+
+`dpmpp_2m_karras` ("DPM++ 2M Karras") steps through Karras sigmas between the training table's
+smallest and largest sigma (use_karras_sigmas=True); the UNet gets the rounded timestep of each
+sigma. The spacing does not matter there (diffusers replaces the spaced timesteps), but is accepted.
 """
 import tensorflow as tf
 
 from .base import Scheduler
+from .karras import karras_sigmas, sigma_to_t
+from .spacing import spaced_timesteps
 
 
 def _alpha_sigma(s):
@@ -20,12 +26,19 @@ class DPMSolverPP2MScheduler(Scheduler):
     name = "dpmpp_2m"
     spacing = "linspace"
     solver_order = 2
+    use_karras_sigmas = False
 
     def _make_plan(self, n, idx):
-        # diffusers: linspace(0, T - 1, n + 1).round()[::-1][:-1]
-        t = tf.round(self._linspace(self.num_train_timesteps - 1, n + 1, n - idx))
-        t = tf.cast(t, tf.int32)
-        sig = tf.gather(tf.constant(self.schedule.sigmas), t)
+        table = self.schedule.sigmas
+        if self.use_karras_sigmas:
+            sig64 = karras_sigmas(float(table[0]), float(table[-1]), n, idx)
+            t = tf.cast(tf.round(sigma_to_t(sig64, table)), tf.int32)
+            sig = tf.cast(sig64, tf.float32)
+        else:
+            # diffusers: e.g. linspace(0, T - 1, n + 1).round()[::-1][:-1]
+            t = tf.round(spaced_timesteps(self.spacing, n, idx, self.num_train_timesteps, extra=1))
+            t = tf.cast(t, tf.int32)
+            sig = tf.gather(tf.constant(table), tf.clip_by_value(t, 0, self.num_train_timesteps - 1))
         sigmas = tf.concat([sig, [0.0]], 0)
         # final_sigmas_type="zero"; with padding every entry past the last step reads as 0 too.
         sigmas = tf.where(tf.range(tf.shape(sigmas)[0]) < n, sigmas, 0.0)
@@ -40,7 +53,7 @@ class DPMSolverPP2MScheduler(Scheduler):
         alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
         alpha_s0, sigma_s0 = _alpha_sigma(sigmas[i])
         alpha_s1, sigma_s1 = _alpha_sigma(sigmas[tf.maximum(i - 1, 0)])
-        x0 = (sample - sigma_s0 * model_output) / alpha_s0
+        x0, _ = self._vp_predictions(model_output, sample, alpha_s0, sigma_s0)
 
         lam_t = tf.math.log(alpha_t) - tf.math.log(sigma_t)  # +inf at the final sigma 0
         lam_s0 = tf.math.log(alpha_s0) - tf.math.log(sigma_s0)
@@ -58,3 +71,8 @@ class DPMSolverPP2MScheduler(Scheduler):
 
     def _noise_coefs(self, plan, idx):
         return _alpha_sigma(tf.gather(plan["sigmas"], idx))
+
+
+class DPMSolverPP2MKarrasScheduler(DPMSolverPP2MScheduler):
+    name = "dpmpp_2m_karras"
+    use_karras_sigmas = True

@@ -3,12 +3,21 @@
 Training calls `NoiseSchedule().add_noise`; the samplers read `alphas_cumprod`/`sigmas` from the same
 object, so the two can never drift apart. The tables are numpy float32 and bit-identical to what
 diffusers (torch, CPU) computes for the same config.
+
+Two more facts of a trained model live here because both training and sampling must agree on
+them: `prediction_type` (what the UNet outputs: the noise, "epsilon", as SD 1.x and SD 2 base, or
+the velocity, "v_prediction", as SD 2.x 768-v) and `timestep_spacing` (the spacing the model's own
+scheduler_config.json names, e.g. "trailing" for SD-Turbo; None when it names none, and then
+every sampler uses its own default, as diffusers' `from_config` would).
 """
 import numpy as np
 import tensorflow as tf
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
-CONFIG_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+CONFIG_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
+               "timestep_spacing")
 
 
 def _torch_linspace_f32(start, stop, num):
@@ -30,9 +39,11 @@ def _torch_linspace_f32(start, stop, num):
 
 class NoiseSchedule:
     def __init__(self, num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                 beta_schedule="scaled_linear"):
+                 beta_schedule="scaled_linear", prediction_type="epsilon", timestep_spacing=None):
         if beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"Unsupported beta_schedule {beta_schedule!r}; supported: {BETA_SCHEDULES}")
+        self.prediction_type = check_prediction_type(prediction_type)
+        self.timestep_spacing = None if timestep_spacing is None else check_spacing(timestep_spacing)
         n = int(num_train_timesteps)
         if n < 2:
             raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
@@ -57,9 +68,25 @@ class NoiseSchedule:
         b = _expand_to(tf.sqrt(1.0 - acp), x0)
         return a * x0 + b * tf.cast(noise, x0.dtype)
 
+    def velocity(self, x0, noise, timesteps):
+        """v = sqrt(acp) * noise - sqrt(1 - acp) * x0: what a v-prediction model learns to output."""
+        x0 = tf.convert_to_tensor(x0)
+        acp = tf.gather(tf.constant(self.alphas_cumprod), tf.cast(timesteps, tf.int32))
+        return _expand_to(tf.sqrt(acp), x0) * tf.cast(noise, x0.dtype) - _expand_to(tf.sqrt(1.0 - acp), x0) * x0
+
+    def training_target(self, x0, noise, timesteps):
+        """The UNet's regression target for this model's prediction type (the noise, or v)."""
+        if self.prediction_type == "v_prediction":
+            return self.velocity(x0, noise, timesteps)
+        return tf.convert_to_tensor(noise)
+
     def to_config(self):
-        return {"num_train_timesteps": self.num_train_timesteps, "beta_start": self.beta_start,
-                "beta_end": self.beta_end, "beta_schedule": self.beta_schedule}
+        config = {"num_train_timesteps": self.num_train_timesteps, "beta_start": self.beta_start,
+                  "beta_end": self.beta_end, "beta_schedule": self.beta_schedule,
+                  "prediction_type": self.prediction_type}
+        if self.timestep_spacing is not None:
+            config["timestep_spacing"] = self.timestep_spacing
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -72,11 +99,23 @@ class NoiseSchedule:
             raise ValueError("trained_betas is not supported")
         if config.get("rescale_betas_zero_snr"):
             raise ValueError("rescale_betas_zero_snr is not supported")
-        return cls(**{k: config[k] for k in CONFIG_KEYS if k in config})
+        return cls(**{k: config[k] for k in CONFIG_KEYS if k in config and config[k] is not None})
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items())
         return f"NoiseSchedule({args})"
+
+
+def check_prediction_type(value):
+    if value not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {value!r}")
+    return value
+
+
+def check_spacing(value):
+    if value not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {value!r}")
+    return value
 
 
 def _expand_to(coef, x):
