@@ -408,3 +408,101 @@ def test_load_pipeline_and_cli_take_loras(tmp_path, capsys):
                   "lora_unet_nothing_here.lora_up.weight": np.ones((4, 2), np.float32)}, tmp_path / "w.safetensors")
     assert main(common + ["--prompt", "x", "--lora", wrong, "--out", str(out)]) == 2
     assert "lora_unet_nothing_here" in capsys.readouterr().err
+
+
+# -- real SD v1.5 names at full size (variables without values: shapes only) -------------------
+
+# kohya names seen in published SD 1.5 LoRAs/LoCons (diffusers layout, and the ldm layout some
+# trainers write), each with the module it must update and that module's PyTorch weight shape.
+REAL_KOHYA_NAMES = {
+    "lora_unet_down_blocks_0_attentions_0_proj_in": ("down_blocks.0.attentions.0.proj_in", (320, 320, 1, 1)),
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0":
+        ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0", (320, 320)),
+    "lora_unet_down_blocks_2_attentions_1_transformer_blocks_0_attn2_to_k":
+        ("down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_k", (1280, 768)),
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj":
+        ("mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj", (10240, 1280)),
+    "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2":
+        ("up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2", (320, 1280)),
+    "lora_unet_down_blocks_1_resnets_0_conv_shortcut": ("down_blocks.1.resnets.0.conv_shortcut", (640, 320, 1, 1)),
+    "lora_unet_down_blocks_0_resnets_0_time_emb_proj": ("down_blocks.0.resnets.0.time_emb_proj", (320, 1280)),
+    "lora_unet_down_blocks_0_downsamplers_0_conv": ("down_blocks.0.downsamplers.0.conv", (320, 320, 3, 3)),
+    "lora_unet_up_blocks_0_upsamplers_0_conv": ("up_blocks.0.upsamplers.0.conv", (1280, 1280, 3, 3)),
+    "lora_unet_conv_in": ("conv_in", (320, 4, 3, 3)),
+    "lora_unet_time_embedding_linear_1": ("time_embedding.linear_1", (1280, 320)),
+    "lora_unet_input_blocks_1_1_proj_in": ("down_blocks.0.attentions.0.proj_in", None),
+    "lora_unet_input_blocks_4_0_in_layers_2": ("down_blocks.1.resnets.0.conv1", (640, 320, 3, 3)),
+    "lora_unet_input_blocks_4_0_skip_connection": ("down_blocks.1.resnets.0.conv_shortcut", None),
+    "lora_unet_input_blocks_3_0_op": ("down_blocks.0.downsamplers.0.conv", None),
+    "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_q":
+        ("mid_block.attentions.0.transformer_blocks.0.attn1.to_q", (1280, 1280)),
+    "lora_unet_output_blocks_2_1_conv": ("up_blocks.0.upsamplers.0.conv", None),
+    "lora_unet_output_blocks_11_1_proj_out": ("up_blocks.3.attentions.2.proj_out", (320, 320, 1, 1)),
+    "lora_unet_output_blocks_5_0_emb_layers_1": ("up_blocks.1.resnets.2.time_emb_proj", (1280, 1280)),
+    "lora_unet_time_embed_2": ("time_embedding.linear_2", (1280, 1280)),
+    "lora_unet_out_2": ("conv_out", (4, 320, 3, 3)),
+    "lora_te_text_model_encoder_layers_11_self_attn_out_proj":
+        ("text_model.encoder.layers.11.self_attn.out_proj", (768, 768)),
+    "lora_te_text_model_encoder_layers_0_mlp_fc1": ("text_model.encoder.layers.0.mlp.fc1", (3072, 768)),
+}
+
+
+@pytest.fixture(scope="module")
+def full_size_targets():
+    from models.checkpoints import deferred_init
+    from models.config import SD_V1
+    from models.text_encoder import TextEncoder
+    from models.unet import UNet
+
+    with deferred_init.uninitialized():
+        nets = {"unet": UNet(SD_V1["unet"]), "text_encoder": TextEncoder(SD_V1["text_encoder"])}
+    yield {kind: NetworkTargets(kind, net) for kind, net in nets.items()}
+    deferred_init.discard([v for net in nets.values() for v in net.weights])
+
+
+def _shaped(targets, names, width=None):
+    sd = {}
+    for stem, (module, _) in names.items():
+        kind = "unet" if stem.startswith("lora_unet_") else "text_encoder"
+        shape = torch_shape(targets[kind].variables[module].shape)
+        in_shape = shape[1:] if width is None else (width, *shape[2:])
+        sd[stem + ".lora_down.weight"] = np.ones((1, *in_shape), np.float32)
+        sd[stem + ".lora_up.weight"] = np.ones((shape[0], 1, *[1] * (len(shape) - 2)), np.float32)
+    return sd
+
+
+def test_real_sd15_kohya_names_resolve_at_full_size(full_size_targets):
+    from models.lora import parse_lora
+    from models.lora.targets import resolve
+
+    for stem, (module, shape) in REAL_KOHYA_NAMES.items():
+        if shape is not None:
+            kind = "unet" if stem.startswith("lora_unet_") else "text_encoder"
+            assert torch_shape(full_size_targets[kind].variables[module].shape) == shape, stem
+        # one file per name: the ldm and diffusers spellings of a module may not share a file
+        bound, skipped = resolve(parse_lora(_shaped(full_size_targets, {stem: (module, shape)})), full_size_targets)
+        assert [b.module for b in bound] == [module] and not skipped, stem
+
+
+def test_an_sd2_lora_on_sd15_is_named_as_such(full_size_targets):
+    from models.lora import parse_lora
+    from models.lora.describe import guess_base
+    from models.lora.targets import resolve
+
+    names = {k: v for k, v in REAL_KOHYA_NAMES.items() if k.endswith("attn2_to_k")}
+    parsed = parse_lora(_shaped(full_size_targets, names, width=1024))
+    assert guess_base(parsed) == "sd2"
+    with pytest.raises(LoraMismatchError, match=r"(?s)attn2_to_k.lora_down.weight \[1, 1024\].*"
+                                                r"its update is \[1280, 1024\] but the weight is \[1280, 768\].*"
+                                                r"context width is 1024 \(a sd2 LoRA\), this model's is 768"):
+        resolve(parsed, full_size_targets, context_dim=768)
+
+
+def test_bench_lora_switch_tiny():
+    from bench.lora_switch import run
+
+    res = run(rank=4, repeats=1, tiny=True)
+    attention, everything = res["scenarios"]
+    assert attention["modules"] == 48 and everything["modules"] > attention["modules"]
+    for s in (attention, everything):
+        assert s["original_copies_mb"] > 0 and s["lora_tensors_mb"] > 0 and s["switch_s"] >= 0

@@ -169,21 +169,27 @@ class LoraMerger:
             new_targets = NetworkTargets(kind, network) if is_loaded(network) else None
             rebound = {}
             for name, lora in self._loaded.items():
+                kept = [b for b in lora.bound if b.network != kind]
                 if new_targets is None:
-                    rebound[name] = [b for b in lora.bound if b.network != kind]
+                    count = sum(1 for m in lora.parsed.modules if m.network == kind)
+                    rebound[name] = kept, count
                     continue
                 bound, _ = resolve(lora.parsed, {kind: new_targets}, f"LoRA file {lora.path}",
                                    context_dim=getattr(network.config, "cross_attention_dim", None))
-                rebound[name] = [b for b in lora.bound if b.network != kind] + bound
+                rebound[name] = kept + bound, 0
             active = list(self._active)
             self._apply([])
             self._targets.pop(kind, None)
             self._networks.pop(kind, None)
             if new_targets is not None:
                 self._networks[kind], self._targets[kind] = network, new_targets
-            for name, bound in rebound.items():
-                self._loaded[name].bound = bound
-                self._loaded[name].serial = next(_serial)
+            for name, (bound, skipped) in rebound.items():
+                lora = self._loaded[name]
+                lora.bound, lora.serial = bound, next(_serial)
+                lora.skipped.pop(kind, None)
+                if skipped:
+                    lora.skipped[kind] = skipped
+                lora.description["skipped_modules"] = dict(lora.skipped)
             self._apply(active)
 
     # -- the merge ---------------------------------------------------------------------
