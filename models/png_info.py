@@ -51,10 +51,15 @@ def parse_parameters(text: str) -> dict:
     out["prompt"], out["negative_prompt"] = "\n".join(prompt), "\n".join(negative)
     if last:
         labels = {label: key for key, label in LABELS.items()}
-        for m in re.finditer(r"\s*([^:,]+): ([^,]*)", last):
-            key = labels.get(m.group(1).strip())
-            if key:
-                out[key] = m.group(2).strip()
+        other = {}  # fields we do not use (A1111's "Model hash", "Clip skip", ...), kept as read
+        for m in re.finditer(r'\s*([^:,]+):\s*("(?:\\.|[^"\\])*"|[^,]*)', last):
+            label, value = m.group(1).strip(), m.group(2).strip()
+            if label in labels:
+                out[labels[label]] = value
+            else:
+                other[label] = value
+        if other:
+            out["other"] = other
     for key, cast in (("steps", int), ("seed", int), ("guidance", float), ("strength", float),
                       ("mask_blur", float)):
         if key in out:

@@ -5,7 +5,8 @@
 Starts `python -m webapp` on the tiny model (unless --url is given), drives Debian's
 chromium with Playwright (Playwright's own browser download is unreachable here), generates
 an image, paints an inpainting mask with the brush, reads a PNG's parameters back, and saves
-docs/images/ui-txt2img.png, ui-inpaint.png, ui-pnginfo.png.
+docs/images/ui-txt2img.png, ui-img2img.png, ui-inpaint.png, ui-pnginfo.png (on the way it checks
+Send to img2img, Ctrl+Enter and Stop).
 """
 
 from __future__ import annotations
@@ -84,6 +85,27 @@ def shoot(url, out):
         wait_text(page, "#status", "done: seeds", out)
         page.screenshot(path=os.path.join(out, "ui-txt2img.png"), full_page=True)
 
+        # img2img: "Send to img2img" takes the first image there; Ctrl+Enter generates
+        page.get_by_role("button", name="Send to img2img").first.click()
+        page.get_by_role("tab", name="img2img", selected=True).wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)
+        page.locator("#img2img-prompt textarea").fill("a red circle on a green background")
+        page.locator("#img2img-prompt textarea").press("Control+Enter")
+        wait_text(page, "#img2img-status", "done: seeds", out)
+        page.screenshot(path=os.path.join(out, "ui-img2img.png"), full_page=True)
+
+        # Stop: a long run, stopped after a few steps, says where it stopped
+        page.get_by_role("tab", name="txt2img").click()
+        steps = page.get_by_label("number input for Steps").first
+        steps.fill("150")
+        steps.press("Enter")
+        page.locator("#generate").click()
+        wait_text(page, "#status", "denoising: step", out)
+        page.locator("#stop").click()
+        wait_text(page, "#status", "Interrupted at step", out, timeout=30_000)
+        steps.fill("20")
+        steps.press("Enter")
+
         # inpainting: upload the sample, paint a stroke with the brush, inpaint
         page.get_by_role("tab", name="Inpainting").click()
         with page.expect_file_chooser() as chooser:
@@ -137,7 +159,7 @@ def main(argv=None):
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    print(f"wrote {args.out}/ui-txt2img.png, ui-inpaint.png, ui-pnginfo.png")
+    print(f"wrote {args.out}/ui-txt2img.png, ui-img2img.png, ui-inpaint.png, ui-pnginfo.png")
     return 0
 
 

@@ -163,6 +163,24 @@ def source_image(engine):
     return engine.pipe.generate(PROMPT, num_steps=4, seed=0).images[0]
 
 
+def test_img2img_and_inpaint_take_any_size_and_match_the_pipeline(client, engine):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (150, 200, 3)).astype(np.uint8)
+    r = client.post("/api/v1/img2img", files={"image": ("i.png", png(image), "image/png")},
+                    data={"prompt": PROMPT, "steps": "3", "seed": "4", "strength": "0.6"})
+    assert r.status_code == 200, r.text
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]["png"]))))
+    assert out.shape == (150, 200, 3) and r.json()["parameters"]["strength"] == 0.6
+    np.testing.assert_array_equal(out, engine.pipe.image_to_image(PROMPT, image, strength=0.6, num_steps=3, seed=4)[0])
+    mask = np.zeros((150, 200), np.uint8)
+    mask[30:100, 50:120] = 255
+    r = _inpaint(client, image, mask, prompt=PROMPT, steps="3")
+    assert r.status_code == 200, r.text
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]["png"]))))
+    assert out.shape == (150, 200, 3)
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+
+
 def test_inpaint_pastes_back_and_matches_pipeline(client, engine, source_image):
     mask = np.zeros((64, 64), np.uint8)
     mask[16:48, 16:48] = 255

@@ -278,7 +278,7 @@ def test_select_model_changes_nothing_for_other_clients(open_url, engine):
     assert rest_model(open_url) == "tiny"  # an anonymous UI call did not switch the REST clients' model
     assert rest_model(open_url, model="shifted") == "shifted"
     assert rest_model(open_url) == "tiny"  # nor does another client's request
-    gallery, _ = ui.predict(*txt2img_args(model="shifted"), api_name="/txt2img")
+    gallery, _, _ = ui.predict(*txt2img_args(model="shifted"), api_name="/txt2img")
     from models.png_info import read_parameters
 
     path = gallery[0]["image"] if isinstance(gallery[0]["image"], str) else gallery[0]["image"]["path"]
@@ -341,7 +341,7 @@ def test_gradio_client_with_the_token(locked_url, how, tmp_path):
     (tmp_path / "p.png").write_bytes(png_bytes(np.zeros((64, 64, 3), np.uint8), {"prompt": "p", "seed": 5}))
     text, _ = ui.predict(handle_file(str(tmp_path / "p.png")), api_name="/png_info")  # upload, then the file
     assert "Seed: 5" in text
-    gallery, status = ui.predict(*txt2img_args(seed=9), api_name="/txt2img")  # queue, SSE, file download
+    gallery, status, _ = ui.predict(*txt2img_args(seed=9), api_name="/txt2img")  # queue, SSE, file download
     assert "seeds 9" in status and os.path.getsize(gallery[0]["image"]) > 100
 
 

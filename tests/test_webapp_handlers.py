@@ -54,6 +54,8 @@ class RecordingStages:
                 model=None, check=None, callback=None, **options):
         self.calls.append(("diffuse", {"batch": len(context), "seed": seed, "steps": steps, "model": model}))
         h, w = (height or 32) // 8, (width or 32) // 8
+        if options.get("image_latents") is not None:  # img2img and inpainting: the image's size
+            h, w = options["image_latents"].shape[1:3]
         seeds = [(seed or 0) + k for k in range(len(context))]
         latents = np.stack([np.full((h, w, 4), s, np.float32) for s in seeds])
         for i in range(1, steps + 1):
@@ -128,6 +130,17 @@ def test_txt2img_route_checks_the_limits_before_any_model_work(field, value, cod
     assert server.engine.calls == [] and server.gate.completed == 0
 
 
+def test_a_batch_asked_for_as_one_png_is_406_before_any_work():
+    server = make_server()
+    req = Txt2ImgRequest(prompt="x", steps=1, batch_size=2)
+    with pytest.raises(ApiError) as e:
+        asyncio.run(generate.txt2img(req, request("image/png"), server))
+    assert (e.value.status, e.value.code) == (406, "not_acceptable") and "batch of 2" in e.value.message
+    assert server.engine.calls == []
+    body = json.loads(asyncio.run(generate.txt2img(req, request("image/png, application/json"), server)).body)
+    assert body["seeds"] == [0, 1]  # a client that also accepts JSON gets JSON
+
+
 def test_a_request_for_an_unknown_model_is_404_naming_the_available_ones():
     with pytest.raises(ApiError) as e:
         deps.model_for(make_server(), "nope")
@@ -180,12 +193,24 @@ def test_token_label_counts_and_does_not_tokenize_text_over_the_limit():
     assert h.engine.calls == []
 
 
-def test_send_to_txt2img_fills_the_controls_and_names_a_known_scheduler():
+def test_send_to_txt2img_maps_a1111_names_follows_the_limits_and_says_what_it_changed():
+    from models.png_info import parse_parameters
+
     h = UIHandlers(make_server())
-    out = h.send_to_txt2img({"prompt": "p", "steps": 7, "seed": 3, "scheduler": "DPM++ 2M Karras"})
-    assert out[:6] == ("p", "", 7, 7.5, 3, "ddim") and out[6:8] == (32, 32)
-    out = h.send_to_txt2img({"prompt": "p", "scheduler": "euler"})
-    assert out[5] == "euler"
+    out = h.send_to_txt2img({"prompt": "p", "steps": 7, "seed": 3, "scheduler": "euler", "width": 32,
+                             "height": 64})
+    assert out[:8] == ("p", "", 7, 7.5, 3, "euler", 32, 64) and out[9] == "from PNG info: all parameters applied"
+    a1111 = parse_parameters("a cat\nNegative prompt: ugly\nSteps: 300, Sampler: DPM++ 2M Karras, CFG scale: 7, "
+                             "Seed: 123, Size: 512x768, Model hash: abc, Model: v1-5, Clip skip: 2, Version: v1.7.0")
+    out = h.send_to_txt2img(a1111)
+    assert out[:6] == ("a cat", "ugly", 150, 7.0, 123, "dpmpp_2m_karras")
+    assert out[6:8] == (128, 128)  # the sliders' range: 4 x the model's 32 px, within max_side
+    note = out[9]
+    for part in ("steps 300 is outside 1-150 here: set to 150", "width 512 is outside 8-128",
+                 "not applied here: Model: v1-5, Model hash: abc, Clip skip: 2, Version: v1.7.0"):
+        assert part in note, (part, note)
+    out = h.send_to_txt2img({"prompt": "p", "scheduler": "DPM++ SDE"})
+    assert out[5] == "ddim" and "sampler 'DPM++ SDE' has no equivalent here: using ddim" in out[9]
 
 
 def _drain(agen):
@@ -202,12 +227,13 @@ def test_generate_streams_previews_then_the_pngs_on_the_page_model():
     items = _drain(h.generate("a red circle", None, 4, 7.5, 11, "ddim", 1, 32, 32, "other", True))
     # updates still queued when the job ends are dropped (the result supersedes them), so the
     # steps seen are an ordered subset; previews are decoded on even steps and the last
-    steps = [int(status.split()[2]) for _gallery, status, _seed in items[:-1]]
+    steps = [int(status.split()[2]) for _gallery, status, _info, _seed in items[:-1]]
     assert steps and steps == sorted(set(steps)) and set(steps) <= {1, 2, 3, 4}
-    previews = [g[0][1] for g, _, _ in items[:-1] if isinstance(g, list)]
+    previews = [g[0][1] for g, _, _, _ in items[:-1] if isinstance(g, list)]
     assert previews and set(previews) <= {"step 2/4", "step 4/4"}
-    files, status, last_seed = items[-1]
-    assert status == "done: seeds 11" and last_seed == 11
+    files, status, info, last_seed = items[-1]
+    assert status.startswith("done: seeds 11 · ") and status.endswith(" s") and last_seed == 11
+    assert info["seeds"] == [11] and info["time_s"] >= 0.04 and info["parameters"]["model"] == "other"
     with open(files[0][0], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert ("diffuse", {"batch": 1, "seed": 11, "steps": 4, "model": "other"}) in h.engine.calls
@@ -231,14 +257,67 @@ def test_inpaint_handler_sends_the_painted_mask_through_the_chain():
     layer[8:16, 8:16, 3] = 255
     items = _drain(h.inpaint({"background": image, "layers": [layer]}, None, "p", "", 2, 7.5, 4, "ddim", 1,
                              1.0, 0, False, False, 32, None, False))
-    assert items[-1][1] == "done: seeds 4"
+    assert items[-1][1].startswith("done: seeds 4 ")
     assert names(h.engine.calls) == ["encode_prompts", "encode_pixels", "diffuse", "decode"]
 
 
-def test_png_info_says_what_it_could_not_read(tmp_path):
+def test_png_info_raises_on_what_it_cannot_read(tmp_path):
+    import gradio as gr
+
     h = UIHandlers(make_server())
     bad = tmp_path / "x.png"
     bad.write_bytes(b"not a png")
-    text, params = h.png_info(str(bad))
-    assert text.startswith("not a readable image") and params == {}
+    with pytest.raises(gr.Error, match="not a readable image"):
+        h.png_info(str(bad))
     assert h.png_info(None) == ("", {})
+
+
+def test_img2img_handler_keeps_the_upload_size():
+    h = UIHandlers(make_server())
+    items = _drain(h.img2img(np.zeros((50, 70, 3), np.uint8), "p", steps=2, seed=1, previews=False))
+    files, status, info, _ = items[-1]
+    from PIL import Image
+
+    assert Image.open(files[0][0]).size == (70, 50) and info["parameters"]["strength"] == 0.75
+    assert names(h.engine.calls) == ["encode_prompts", "encode_pixels", "diffuse", "decode"]
+    assert h.engine.calls[1][1] == (1, 56, 72, 3)  # padded to the size multiple (8) for the work
+
+
+def test_a_run_yields_nothing_after_stop_answered():
+    h = UIHandlers(make_server())
+    progress = {}
+
+    async def run():
+        seen = []
+        async for _gallery, status, _info, _seed in h.generate("p", steps=30, seed=2, progress=progress):
+            seen.append(status)
+            if status == "denoising: step 2 of 30":
+                h.interrupted(progress)
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen[-1] == "denoising: step 2 of 30" and not any(s.startswith("done") for s in seen)
+    deadline = time.monotonic() + 5
+    while h.server.gate.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h.server.gate.running == 0  # the job was cancelled, not left to finish
+
+
+def test_stop_says_where_the_run_stopped_and_keeps_its_last_preview():
+    import gradio as gr
+
+    h = UIHandlers(make_server())
+    progress = {}
+    agen = h.generate("p", steps=6, seed=2, progress=progress)
+
+    async def first_steps():
+        async for _gallery, status, _info, _seed in agen:
+            if status == "denoising: step 4 of 6":
+                break
+        await agen.aclose()  # what Stop does to the run
+
+    asyncio.run(first_steps())
+    gallery, status = h.interrupted(progress)
+    assert status == "Interrupted at step 4 of 6" and progress["stopped"]
+    assert gallery[0][1] == "interrupted at step 4" and gallery[0][0].shape == (32, 32, 3)
+    assert all(isinstance(v, type(gr.skip())) for v in h.interrupted({"step": 6, "of": 6, "done": True}))

@@ -565,6 +565,38 @@ def inpaint_family() -> list:
     return cases
 
 
+def img2img_family() -> list:
+    """The same upload and field cases as inpainting, on the route without a mask."""
+    form = {"prompt": PROMPT, "steps": "2", "seed": "0"}
+    cases = []
+
+    def add(name, status, code, image=GOOD, fields=None, drop=(), **kw):
+        files = {} if image is None else {"image": ("i.png", image, "image/png")}
+        data = {k: v for k, v in {**form, **(fields or {})}.items() if k not in drop}
+        cases.append(http_case("rest", "img2img", name, "POST", "/api/v1/img2img", status, code, files=files,
+                               data=data, **kw))
+
+    for name, data in NOT_IMAGES.items():
+        add(f"upload {name}", 400, "not_an_image", image=data)
+    add("upload empty", 400, "empty_upload", image=b"")
+    add("upload truncated PNG", 400, "bad_image", image=GOOD[:60])
+    add("upload 200x64", 400, "image_too_large", image=png(np.zeros((64, 200, 3))))
+    add("upload claims 100000x100000", 400, "not_an_image", image=png_claiming(100_000, 100_000))
+    add("upload missing", 422, "invalid_parameters", image=None)
+    for field, value, status, code in [("steps", str(MAX_STEPS + 1), 400, "too_many_steps"), ("steps", "0", *I422),
+                                       ("batch_size", str(MAX_BATCH + 1), 400, "batch_too_large"),
+                                       ("guidance_scale", "nan", *I422), ("seed", "-1", *I422),
+                                       ("strength", "0", *I422), ("strength", "1.5", *I422),
+                                       ("scheduler", "plms", *I422), ("model", "../../etc/passwd", 404, "unknown_model"),
+                                       ("prompt", "a" * (MAX_CHARS + 1), 400, "prompt_too_long"),
+                                       ("negative_prompt", "b" * (MAX_CHARS + 1), 400, "prompt_too_long")]:
+        add(f"{field}={short(value)}", status, code, fields={field: value})
+    add("prompt missing", 422, "invalid_parameters", drop=("prompt",))
+    add("batch 2 asked for as one PNG", 406, "not_acceptable", fields={"batch_size": "2"},
+        headers={"accept": "image/png"})
+    return cases
+
+
 def paths_family() -> list:
     out = []
     for method, path, status, code in [
@@ -909,6 +941,12 @@ def inpaint_args(ed, mask=None, **kw):
     return list({**args, **kw}.values())
 
 
+def img2img_args(image, **kw):
+    args = dict(image=image, prompt=PROMPT, negative="", steps=2, guidance=7.5, seed=1, scheduler="ddim", batch=1,
+                strength=0.75, model="tiny", previews=False)
+    return list({**args, **kw}.values())
+
+
 def painted_layer(ctx):
     layer = np.zeros((64, 64, 4), np.uint8)
     layer[16:48, 16:48] = 255
@@ -921,7 +959,7 @@ def gradio_family() -> list:
     t2i = {"prompt": [("a" * over, rf"{over} characters"), ("a" * 5000, r"5000 characters")],
            "negative": [("b" * over, rf"negative prompt has {over} characters")],
            "steps": [(0, SLIDER), (MAX_STEPS + 1, rf"{SLIDER}|over this server's limit"), (-1, SLIDER), (1e9, SLIDER),
-                     (NAN, r"steps must be at least 1|" + SLIDER), (INF, SLIDER), ("abc", r"[Ee]rror|number|float"),
+                     (NAN, r"Steps must be a finite number, got nan"), (INF, rf"{SLIDER}|must be a finite number"), ("abc", r"[Ee]rror|number|float"),
                      (None, r"[Ee]rror|number|None")],
            "guidance": [(NAN, r"guidance scale must be between 0 and 50, got nan"), (INF, SLIDER), (-1, SLIDER),
                         (21, SLIDER), ("x", r"[Ee]rror|number|float")],
@@ -931,10 +969,10 @@ def gradio_family() -> list:
                          ("../../etc/passwd", r"not in the list of choices"),
                          (1, r"not in the list of choices|[Ee]rror")],
            "batch": [(0, SLIDER), (MAX_BATCH + 1, SLIDER), (-1, SLIDER),
-                     (NAN, r"batch size must be at least 1|" + SLIDER), (1000, SLIDER)],
-           "width": [(0, SLIDER), (160, SLIDER), (10**6, SLIDER), (NAN, r"width must be positive|" + SLIDER),
+                     (NAN, r"Batch size must be a finite number, got nan"), (1000, SLIDER)],
+           "width": [(0, SLIDER), (160, SLIDER), (10**6, SLIDER), (NAN, r"Width must be a finite number, got nan"),
                      (48, r"multiple of 32")],
-           "height": [(-64, SLIDER), (MAX_SIDE + 1, SLIDER), (NAN, r"height must be positive|" + SLIDER),
+           "height": [(-64, SLIDER), (MAX_SIDE + 1, SLIDER), (NAN, r"Height must be a finite number, got nan"),
                       (40, r"multiple of 32")],
            "model": [("nope", r"not in the list of choices"), ("../../etc/passwd", r"not in the list of choices"),
                      ("link.safetensors", r"not in the list of choices"),
@@ -951,7 +989,7 @@ def gradio_family() -> list:
                                   ("width", 160, SLIDER), ("prompt", "a" * over, rf"{over} characters"),
                                   ("guidance", NAN, r"guidance scale must be between")]:
         cases.append(call_case("txt2img queue (the browser's way)", f"{field}={short(value)}", "txt2img",
-                               txt2img_args(**{field: value}), message, via="queue"))
+                               txt2img_args(**{field: value}) + [None], message, via="queue"))  # + the tab's State
     cases.append(call_case("txt2img call shape", "no inputs", "txt2img", [], r"didn't receive enough input values"))
     cases.append(call_case("txt2img call shape", "4 of 11 inputs", "txt2img", txt2img_args()[:4],
                            r"didn't receive enough input values"))
@@ -1026,6 +1064,26 @@ def gradio_family() -> list:
             editor(ctx, layers=[painted_layer(ctx)]), **{f: v}), message))
     for name, data, message in inp:
         cases.append(call_case("inpaint call", name, "inpaint", data, message))
+    start = lambda ctx: fd(ctx.upload(GOOD, "start.png"))  # noqa: E731
+    i2i = [("no image", lambda ctx: img2img_args(None), r"upload an image to start from"),
+           ("image not an image", lambda ctx: img2img_args(text(ctx)), r"[Ee]rror|image|identify"),
+           ("image 200x64", lambda ctx: img2img_args(big(ctx)), r"height 200 is over this server's limit of 128")]
+    for label in ("/etc/passwd", "/proc/self/environ", "the server's source", "../ from an upload",
+                  "loopback URL (the API)"):
+        i2i.append((f"image path {label}", lambda ctx, label=label: img2img_args(fd(secrets(ctx)[label])),
+                    FILE_REFUSED))
+    for field, value, message in [("steps", MAX_STEPS + 1, SLIDER), ("batch", MAX_BATCH + 1, SLIDER),
+                                  ("prompt", "a" * over, rf"{over} characters"),
+                                  ("negative", "b" * over, rf"negative prompt has {over} characters"),
+                                  ("guidance", NAN, r"guidance scale must be between"),
+                                  ("seed", 2**40, r"seed must be at most"),
+                                  ("strength", 0, SLIDER), ("strength", 2, SLIDER),
+                                  ("scheduler", "plms", r"not in the list of choices"),
+                                  ("model", "nope", r"not in the list of choices")]:
+        i2i.append((f"{field}={short(value)}", lambda ctx, f=field, v=value: img2img_args(start(ctx), **{f: v}),
+                    message))
+    for name, data, message in i2i:
+        cases.append(call_case("img2img call", name, "img2img", data, message))
     for name, value, message in [("an unknown model", "nope", r"not in the list of choices|unknown model"),
                                  ("a path", "../../etc/passwd", r"not in the list of choices|unknown model"),
                                  ("a symlinked model", "link.safetensors", r"not in the list of choices|unknown model"),
@@ -1216,7 +1274,7 @@ def docs_family() -> list:
 
 
 def catalogue(kind: str) -> list:
-    cases = (txt2img_family() + encode_family() + inpaint_family() + paths_family() + not_hosted_family()
+    cases = (txt2img_family() + encode_family() + inpaint_family() + img2img_family() + paths_family() + not_hosted_family()
              + tensor_family() + body_size_family() + gradio_family() + static_family() + docs_family())
     cases = [c for c in cases if c.only in (None, kind)]
     ids = [c.id for c in cases]

@@ -42,7 +42,8 @@ def test_page_api_and_openapi_share_one_server(served):
 def test_txt2img_tab_matches_the_api(ui, served, engine):
     import httpx
 
-    gallery, status = ui.predict(PROMPT, "", 4, 7.5, 21, "ddim", 2, 64, 64, "tiny", True, api_name="/txt2img")
+    gallery, status, info = ui.predict(PROMPT, "", 4, 7.5, 21, "ddim", 2, 64, 64, "tiny", True, api_name="/txt2img")
+    assert info["seeds"] == [21, 22] and info["parameters"]["steps"] == 4
     assert "seeds 21, 22" in status
     assert len(gallery) == 2
     path = gallery[0]["image"] if isinstance(gallery[0]["image"], str) else gallery[0]["image"]["path"]
@@ -51,6 +52,37 @@ def test_txt2img_tab_matches_the_api(ui, served, engine):
     api = httpx.post(served + "/api/v1/txt2img", json={"prompt": PROMPT, "steps": 4, "seed": 21, "batch_size": 2}, timeout=60)
     want = np.asarray(Image.open(io.BytesIO(base64.b64decode(api.json()["images"][0]["png"]))))
     np.testing.assert_array_equal(np.asarray(Image.open(path)), want)
+
+
+def test_a_script_needs_only_the_prompt(ui):
+    """gradio_client: every input but the prompt has a default; outputs are named."""
+    gallery, status, info = ui.predict(prompt=PROMPT, api_name="/txt2img")
+    assert len(gallery) == 1 and status.startswith("done: seeds") and info["parameters"]["steps"] == 20
+
+
+def test_the_api_types_integers_and_lists_only_the_public_endpoints(ui):
+    api = ui.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(api) == {"/txt2img", "/img2img", "/inpaint", "/count_tokens", "/select_model", "/png_info"}
+    params = {p["parameter_name"]: p for p in api["/txt2img"]["parameters"]}
+    for name in ("steps", "batch", "width", "height", "seed"):
+        assert params[name]["type"]["type"] == "integer", (name, params[name]["type"])
+    assert all(p["parameter_has_default"] for n, p in params.items() if n != "prompt")
+    assert [r["label"] for r in api["/txt2img"]["returns"]] == [
+        "Images (downloads are PNGs with their parameters)", "Status", "Generation info"]
+
+
+def test_img2img_tab_keeps_the_upload_size(ui, engine, tmp_path):
+    from gradio_client import handle_file
+
+    start = np.random.default_rng(0).integers(0, 256, (150, 200, 3)).astype(np.uint8)
+    (tmp_path / "start.png").write_bytes(png(start))
+    gallery, status, info = ui.predict(handle_file(str(tmp_path / "start.png")), PROMPT, "", 4, 7.5, 9, "ddim", 1,
+                                       0.6, "tiny", False, api_name="/img2img")
+    out = np.asarray(Image.open(gallery[0]["image"] if isinstance(gallery[0]["image"], str)
+                                else gallery[0]["image"]["path"]))
+    assert out.shape == (150, 200, 3) and info["parameters"]["strength"] == 0.6
+    want = engine.pipe.image_to_image(PROMPT, start, strength=0.6, num_steps=4, seed=9)[0]
+    np.testing.assert_array_equal(out, want)
 
 
 def test_txt2img_streams_previews(ui):
@@ -101,7 +133,7 @@ def test_inpaint_tab(ui, engine, tmp_path):
     Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
     editor = {"background": handle_file(str(tmp_path / "bg.png")), "layers": [handle_file(str(tmp_path / "layer.png"))],
               "composite": None}
-    gallery, status = ui.predict(editor, None, "a green square on a blue background", "", 4, 7.5, 5, "ddim", 1,
+    gallery, status, _info = ui.predict(editor, None, "a green square on a blue background", "", 4, 7.5, 5, "ddim", 1,
                                        1.0, 0, False, False, 32, "tiny", False, api_name="/inpaint")
     assert "done" in status, status
     out = np.asarray(Image.open(gallery[0]["image"] if isinstance(gallery[0]["image"], str) else gallery[0]["image"]["path"]))

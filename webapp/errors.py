@@ -53,6 +53,7 @@ def error_responses(*statuses: int) -> dict:
     """OpenAPI `responses` entries for the given error statuses."""
     text = {400: "Bad input (the message names the problem)", 401: "Missing or wrong API token",
             404: "Unknown model, or an endpoint this server's component does not host",
+            406: "Accept asks for one image/png but the batch holds several",
             413: "Request body too large", 415: "Wrong content type", 422: "Invalid parameters",
             503: "Queue full or time limit reached; retry after the Retry-After header's seconds"}
     return {s: {"description": text.get(s, "Error"), "content": {"application/json": {"schema": ERROR_SCHEMA}}}

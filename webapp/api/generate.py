@@ -1,4 +1,4 @@
-"""The all-in-one routes, /txt2img and /inpaint: HTTP in, one models.chain call, PNGs with
+"""The all-in-one routes, /txt2img, /img2img and /inpaint: HTTP in, one models.chain call, PNGs with
 their parameters out. The same routes run on an all-in-one server and on a three-endpoint
 front end; only the engine under the chain differs."""
 
@@ -43,6 +43,15 @@ def images_response(server, result, request: Request):
                          "token_counts": result.token_counts, "truncated": result.truncated}, headers=headers)
 
 
+def check_accept(request: Request, batch_size: int):
+    """`Accept: image/png` gets the PNG itself, which holds one image: for a batch, a client
+    that accepts only PNG is told so (406) before any work, rather than sent JSON unasked."""
+    accept = request.headers.get("accept", "")
+    if batch_size > 1 and "image/png" in accept and not any(t in accept for t in ("json", "*/*")):
+        raise ApiError(406, "not_acceptable", f"a batch of {batch_size} images cannot be one image/png answer; "
+                       "accept application/json (base64 PNGs) or ask for batch_size 1")
+
+
 def check_generation(L, prompt, negative_prompt, guidance_scale, steps, batch_size):
     """The limits every generation request meets, in the order both routes report them."""
     L.check_prompt(prompt)
@@ -52,7 +61,7 @@ def check_generation(L, prompt, negative_prompt, guidance_scale, steps, batch_si
     L.check_batch(batch_size)
 
 
-RESPONSES = {**error_responses(400, 401, 404, 413, 422, 503)}
+RESPONSES = {**error_responses(400, 401, 404, 406, 413, 422, 503)}
 
 
 @router.post("/txt2img", summary="Prompt -> PNG images with their parameters and seeds",
@@ -62,6 +71,7 @@ RESPONSES = {**error_responses(400, 401, 404, 413, 422, 503)}
 async def txt2img(req: Txt2ImgRequest, request: Request, server=Depends(hosting("pipeline"))):
     check_generation(server.limits, req.prompt, req.negative_prompt, req.guidance_scale, req.steps, req.batch_size)
     server.limits.check_size(req.height, req.width)
+    check_accept(request, req.batch_size)
     model = model_for(server, req.model)
 
     def work(job):
@@ -73,33 +83,71 @@ async def txt2img(req: Txt2ImgRequest, request: Request, server=Depends(hosting(
     return images_response(server, await server.gate.run(work, request), request)
 
 
+class GenerationForm:
+    """The form fields every multipart generation route takes (img2img, inpaint)."""
+
+    def __init__(self, prompt: str = Form(..., description="at most the server's max_prompt_chars"),
+                 negative_prompt: str = Form(""),
+                 steps: int = Form(20, ge=1), guidance_scale: float = Form(7.5, ge=0, le=MAX_GUIDANCE),
+                 seed: int | None = Form(None, ge=0, le=MAX_SEED), scheduler: Scheduler | None = Form(None),
+                 batch_size: int = Form(1, ge=1), model: str | None = Form(None, max_length=200)):
+        self.prompt, self.negative_prompt, self.steps, self.guidance_scale = prompt, negative_prompt, steps, guidance_scale
+        self.seed, self.scheduler, self.batch_size, self.model = seed, scheduler, batch_size, model
+
+    def check(self, server, request: Request) -> dict:
+        """The limits, the Accept header and the model; the chain's keyword arguments."""
+        check_generation(server.limits, self.prompt, self.negative_prompt, self.guidance_scale, self.steps,
+                         self.batch_size)
+        check_accept(request, self.batch_size)
+        return dict(steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed, scheduler=self.scheduler,
+                    batch_size=self.batch_size, model=model_for(server, self.model))
+
+
+async def _upload(server, file: UploadFile, what: str, mode="RGB"):
+    return load_image(await file.read(), what, server.limits.max_side, mode=mode)
+
+
+def _needs_image_encoder(server, what):
+    if not server.engine.info()["has_image_encoder"]:
+        raise ApiError(400, "no_image_encoder", f"this model has no VAE encoder, so {what} is unavailable")
+
+
+@router.post("/img2img", summary="Image + prompt -> PNG images (multipart form)",
+             response_model=ImagesResponse, responses={
+                 200: {"content": {"image/png": BINARY}, "description": "as txt2img"}, **RESPONSES})
+async def img2img(request: Request,
+                  image: UploadFile = File(..., description="PNG/JPEG/WebP, any size (the answer has its size)"),
+                  strength: float = Form(0.75, gt=0, le=1, description="1 ignores the image"),
+                  form: GenerationForm = Depends(), server=Depends(hosting("pipeline"))):
+    options = form.check(server, request)
+    img = await _upload(server, image, "image")
+    _needs_image_encoder(server, "img2img")
+
+    def work(job):
+        return chain.img2img(server.engine, form.prompt, img, form.negative_prompt, strength=strength,
+                             check=job.check, **options)
+
+    return images_response(server, await server.gate.run(work, request), request)
+
+
 @router.post("/inpaint", summary="Image + mask + prompt -> PNG images (multipart form)",
              response_model=ImagesResponse, responses={
                  200: {"content": {"image/png": BINARY}, "description": "as txt2img"}, **RESPONSES})
 async def inpaint(request: Request,
-                  image: UploadFile = File(..., description="PNG/JPEG/WebP"),
-                  mask: UploadFile = File(..., description="same size; white/opaque = repaint"),
-                  prompt: str = Form(..., description="at most the server's max_prompt_chars"),
-                  negative_prompt: str = Form(""),
-                  steps: int = Form(20, ge=1), guidance_scale: float = Form(7.5, ge=0, le=MAX_GUIDANCE),
-                  seed: int | None = Form(None, ge=0, le=MAX_SEED), scheduler: Scheduler | None = Form(None),
-                  batch_size: int = Form(1, ge=1), strength: float = Form(1.0, gt=0, le=1),
+                  image: UploadFile = File(..., description="PNG/JPEG/WebP, any size (the answer has its size)"),
+                  mask: UploadFile = File(..., description="same size; values >= 128 (white/opaque) repaint"),
+                  strength: float = Form(1.0, gt=0, le=1),
                   mask_blur: float = Form(0.0, ge=0, le=64), invert_mask: bool = Form(False),
                   only_masked: bool = Form(False), padding: int = Form(32, ge=0, le=1024),
-                  model: str | None = Form(None, max_length=200),
-                  server=Depends(hosting("pipeline"))):
-    L = server.limits
-    check_generation(L, prompt, negative_prompt, guidance_scale, steps, batch_size)
-    model = model_for(server, model)
-    img = load_image(await image.read(), "image", L.max_side)
-    msk = load_image(await mask.read(), "mask", L.max_side, mode="L")
-    if not server.engine.info()["has_image_encoder"]:
-        raise ApiError(400, "no_image_encoder", "this model has no VAE encoder, so inpainting is unavailable")
+                  form: GenerationForm = Depends(), server=Depends(hosting("pipeline"))):
+    options = form.check(server, request)
+    img = await _upload(server, image, "image")
+    msk = await _upload(server, mask, "mask", mode="L")
+    _needs_image_encoder(server, "inpainting")
 
     def work(job):
-        return chain.inpaint(server.engine, prompt, img, msk, negative_prompt, steps=steps,
-                             guidance_scale=guidance_scale, seed=seed, scheduler=scheduler, batch_size=batch_size,
-                             strength=strength, mask_blur=mask_blur, invert_mask=invert_mask,
-                             only_masked=only_masked, padding=padding, model=model, check=job.check)
+        return chain.inpaint(server.engine, form.prompt, img, msk, form.negative_prompt, strength=strength,
+                             mask_blur=mask_blur, invert_mask=invert_mask, only_masked=only_masked, padding=padding,
+                             check=job.check, **options)
 
     return images_response(server, await server.gate.run(work, request), request)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
+
+import numpy as np
 
 from models import chain
 from models.errors import InvalidInput
@@ -36,6 +39,27 @@ def save_pngs(images, result, model, out_dir):
             f.write(png_bytes(im, params))
         paths.append((path, f"seed {params['seed']}"))
     return paths
+
+
+def _rgb_upload(image) -> np.ndarray:
+    """An uploaded picture (numpy from gr.Image, any mode) -> uint8 RGB."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, -1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ApiError(400, "bad_image", f"the upload is not an RGB image (shape {list(image.shape)})")
+    return image[..., :3].astype(np.uint8)
+
+
+def gallery_image(gallery, selected=None):
+    """The chosen (or first) picture of a gallery value, as a file path, for "Send to"."""
+    if not gallery:
+        return None
+    item = gallery[selected if isinstance(selected, int) and 0 <= selected < len(gallery) else 0]
+    item = item[0] if isinstance(item, (list, tuple)) else item
+    if isinstance(item, dict):
+        item = (item.get("image") or {}).get("path") if isinstance(item.get("image"), dict) else item.get("image")
+    return item
 
 
 class UIHandlers:
@@ -74,32 +98,76 @@ class UIHandlers:
         return f"diffusion model: **{name}** (text encoder and decoder unchanged)"
 
     def png_info(self, path):
+        import gradio as gr
+
         from models.png_info import format_parameters, read_parameters
 
         if not path:
             return "", {}
         try:
             params = read_parameters(path)
-        except Exception as e:
-            return f"not a readable image: {e}", {}
+        except Exception as e:  # a failure raises, for the page and for gradio_client alike
+            raise gr.Error(f"not a readable image: {e}") from None
         if not params:
             return "this image carries no generation parameters", {}
         return format_parameters(params), params
 
     def send_to_txt2img(self, params):
         """PNG info's parameters into the txt2img controls (prompt, negative, steps, guidance,
-        seed, scheduler, width, height) and that tab."""
+        seed, scheduler, width, height), that tab, and a note in its status line saying what was
+        substituted or not applied. Values follow the server's limits; A1111 sampler names map to ours."""
         import gradio as gr
 
+        from models.schedulers.names import scheduler_from_a1111
+
         if not params:
-            return [gr.skip()] * 8 + [gr.Tabs()]
-        scheduler = params.get("scheduler", "")
-        return (params.get("prompt", ""), params.get("negative_prompt", ""), params.get("steps", 20),
-                params.get("guidance", 7.5), params.get("seed", RANDOM),
-                scheduler if scheduler in self.schedulers else "ddim",
-                params.get("width", self.size), params.get("height", self.size), gr.Tabs(selected="txt2img"))
+            return [gr.skip()] * 9 + ["nothing to send: read a PNG with parameters first"]
+        L, notes = self.limits, []
+
+        def within(name, value, lo, hi, cast):
+            try:
+                v = cast(value)
+            except (TypeError, ValueError):
+                notes.append(f"{name} {value!r} is not a number: kept the form's")
+                return gr.skip()
+            kept = min(max(v, lo), hi)
+            if kept != v:
+                notes.append(f"{name} {value} is outside {lo}-{hi} here: set to {kept}")
+            return kept
+
+        scheduler = gr.skip()
+        if params.get("scheduler"):
+            other = params.get("other") or {}
+            try:
+                scheduler = scheduler_from_a1111(params["scheduler"], other.get("Schedule type"))
+            except ValueError:
+                scheduler = "ddim"
+                notes.append(f"sampler {params['scheduler']!r} has no equivalent here: using ddim")
+        side = min(L.max_side, 4 * self.size)
+        sizes = []
+        for name in ("width", "height"):
+            v = within(name, params.get(name, self.size), self.multiple, side, int)
+            if not isinstance(v, int) or v % self.multiple == 0:
+                sizes.append(v)
+            else:
+                rounded = max(self.multiple, v // self.multiple * self.multiple)
+                notes.append(f"{name} {v} is not a multiple of {self.multiple}: set to {rounded}")
+                sizes.append(rounded)
+        values = (params.get("prompt", ""), params.get("negative_prompt", ""),
+                  within("steps", params.get("steps", 20), 1, L.max_steps, int),
+                  within("guidance", params.get("guidance", 7.5), 0, min(20, L.max_guidance), float),
+                  within("seed", params.get("seed", RANDOM), RANDOM, MAX_SEED, int), scheduler, *sizes)
+        unused = [f"{k}: {v}" for k, v in (params.get("other") or {}).items() if k != "Schedule type"]
+        if params.get("model") and params["model"] not in self.engine.model_names():
+            unused.insert(0, f"Model: {params['model']}")
+        if unused:
+            notes.append("not applied here: " + ", ".join(unused))
+        note = "from PNG info: " + ("; ".join(notes) if notes else "all parameters applied")
+        return (*values, gr.Tabs(selected="txt2img"), note)
 
     # -- generation ------------------------------------------------------------------------
+    # Each generation handler yields (gallery, status, generation info, seed) and keeps its tab's
+    # progress (a gr.State dict it updates in place) so that Stop can say where it stopped.
     def _checked(self, prompt, negative, steps, guidance, seed, batch):
         """The REST limits on what any client may send here; (seed or None, steps, batch)."""
         L = self.limits
@@ -112,11 +180,14 @@ class UIHandlers:
             raise ApiError(422, "invalid_parameters", f"seed must be at most {MAX_SEED}, got {seed}")
         return (None if seed is None or seed < 0 else int(seed)), int(steps), int(batch)
 
-    async def generate(self, prompt, negative, steps, guidance, seed, scheduler, batch, width, height, model,
-                       previews):
+    async def generate(self, prompt, negative="", steps=20, guidance=7.5, seed=RANDOM, scheduler=None, batch=1,
+                       width=None, height=None, model=None, previews=True, progress=None):
+        """txt2img. Every input but the prompt has a default, so gradio_client's
+        predict(prompt, api_name="/txt2img") works."""
         import gradio as gr
 
         prompt, negative = prompt or "", negative or ""  # a Textbox sent as null (the API): no text
+        width, height = width or self.size, height or self.size
         try:
             seed, steps, batch = self._checked(prompt, negative, steps, guidance, seed, batch)
             self.limits.check_size(height, width)
@@ -129,11 +200,36 @@ class UIHandlers:
                                  seed=seed, scheduler=scheduler, height=int(height), width=int(width),
                                  batch_size=batch, model=model, check=job.check, callback=cb)
 
-        async for item in self._stream(fn, previews, model):
+        async for item in self._stream(fn, previews, model, progress):
             yield item
 
-    async def inpaint(self, editor, mask_upload, prompt, negative, steps, guidance, seed, scheduler, batch,
-                      strength, blur, invert, only_masked, padding, model, previews):
+    async def img2img(self, image, prompt, negative="", steps=20, guidance=7.5, seed=RANDOM, scheduler=None,
+                      batch=1, strength=0.75, model=None, previews=True, progress=None):
+        """img2img on an image of any size (the chain pads it and crops the answer back)."""
+        import gradio as gr
+
+        prompt, negative = prompt or "", negative or ""
+        try:
+            seed, steps, batch = self._checked(prompt, negative, steps, guidance, seed, batch)
+            if image is None:
+                raise ApiError(400, "no_image", "upload an image to start from")
+            image = _rgb_upload(image)
+            self.limits.check_size(*image.shape[:2])
+        except ApiError as e:
+            raise gr.Error(e.message) from None
+        model = model or self.base_model
+
+        def fn(job, cb):
+            return chain.img2img(self.engine, prompt, image, negative, strength=float(strength), steps=steps,
+                                 guidance_scale=float(guidance), seed=seed, scheduler=scheduler, batch_size=batch,
+                                 model=model, check=job.check, callback=cb)
+
+        async for item in self._stream(fn, previews, model, progress):
+            yield item
+
+    async def inpaint(self, editor, mask_upload=None, prompt="", negative="", steps=20, guidance=7.5, seed=RANDOM,
+                      scheduler=None, batch=1, strength=1.0, blur=4, invert=False, only_masked=False, padding=32,
+                      model=None, previews=True, progress=None):
         import gradio as gr
 
         prompt, negative = prompt or "", negative or ""
@@ -154,29 +250,57 @@ class UIHandlers:
                                  only_masked=bool(only_masked), padding=int(padding), model=model, check=job.check,
                                  callback=cb)
 
-        async for item in self._stream(fn, previews, model):
+        async for item in self._stream(fn, previews, model, progress):
             yield item
 
-    async def _stream(self, fn, previews, model):
-        """(gallery, status, last seed) updates: previews while denoising, then the PNGs."""
+    def interrupted(self, progress):
+        """Stop's own answer (Gradio cancels the run too): where it stopped, and the last preview
+        kept as an image. The run sees the flag at its next step and yields nothing more, so a
+        late step update cannot overwrite this answer."""
         import gradio as gr
 
+        progress = progress if isinstance(progress, dict) else {}
+        if progress.get("done") or "step" not in progress:
+            return gr.skip(), gr.skip()
+        progress["stopped"] = True
+        gallery = gr.skip()
+        if progress.get("preview") is not None:
+            gallery = [(progress["preview"], f"interrupted at step {progress['step']}")]
+        return gallery, f"Interrupted at step {progress['step']} of {progress['of']}"
+
+    async def _stream(self, fn, previews, model, progress=None):
+        """(gallery, status, info, last seed) updates: previews while denoising, then the PNGs."""
+        import gradio as gr
+
+        progress = progress if isinstance(progress, dict) else {}
+        progress.clear()
+        started = time.monotonic()
         try:
             async for kind, payload in self._run_job(fn, 2 if previews else 0):
+                if progress.get("stopped"):
+                    return  # Stop answered; leaving ends the job (its next step raises)
                 if kind == "step":
                     i, n, preview = payload
-                    gallery = gr.skip() if preview is None else [(preview, f"step {i}/{n}")]
-                    yield gallery, f"denoising: step {i} of {n}", gr.skip()
+                    progress.update(step=i, of=n)
+                    gallery = gr.skip()
+                    if preview is not None:
+                        progress["preview"] = preview
+                        gallery = [(preview, f"step {i}/{n}")]
+                    yield gallery, f"denoising: step {i} of {n}", gr.skip(), gr.skip()
                 else:
-                    result = payload
+                    result, took = payload, time.monotonic() - started
+                    progress["done"] = True
                     files = save_pngs(result.images, result, model, self.out_dir)
                     dropped = [t for t in result.truncated if t]
                     note = f" (prompt truncated: {dropped[0]} tokens dropped)" if dropped else ""
-                    yield files, f"done: seeds {', '.join(map(str, result.seeds))}{note}", result.seeds[0]
+                    info = {"seeds": [int(s) for s in result.seeds], "time_s": round(took, 2),
+                            "parameters": {**result.parameters, "model": model}}
+                    status = f"done: seeds {', '.join(map(str, result.seeds))}{note} · {took:.1f} s"
+                    yield files, status, info, result.seeds[0]
         except (ApiError, InvalidInput) as e:  # both carry .message
-            yield gr.skip(), f"**Error:** {e.message}", gr.skip()  # the status line, then the client's error
+            progress["done"] = True
+            yield gr.skip(), f"**Error:** {e.message}", gr.skip(), gr.skip()  # the status, then the client's error
             raise gr.Error(e.message) from None
-
     async def _run_job(self, fn, preview_every):
         """Run fn(job, callback) through the gate; yield (kind, payload) for previews and the result."""
         loop = asyncio.get_running_loop()

@@ -1,6 +1,6 @@
 """The page's look. Theme and CSS go to launch()/mount_gradio_app in Gradio 6, not to Blocks()."""
 
-CSS = "#token-count {text-align: right; font-size: 0.85em; opacity: 0.8} .tight {gap: 4px}"
+CSS = ".token-count {text-align: right; font-size: 0.85em; opacity: 0.8} .tight {gap: 4px}"
 
 
 def launch_kwargs() -> dict:
@@ -9,4 +9,6 @@ def launch_kwargs() -> dict:
 
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
-    return {"css": CSS, "theme": theme, "footer_links": ["api"]}
+    from .layout import SHORTCUTS_JS
+
+    return {"css": CSS, "theme": theme, "footer_links": ["api"], "js": SHORTCUTS_JS}
