@@ -14,7 +14,9 @@ models.lora (read, parse, bind to the weights with shape checks), then timed:
 Scenarios: "attention" is a rank-r LoRA on the UNet's attention projections (to_q, to_k, to_v,
 to_out.0 of attn1 and attn2 in all 16 transformer blocks: 128 weights), the common kind;
 "everything" puts one on every Dense and conv kernel of the UNet and text encoder (LoCon on
-all convolutions): the worst case. Each switch is the median of `--repeats` runs. Memory:
+all convolutions): the worst case. Each switch is the median of `--repeats` runs, each run
+after waiting up to `--quiet-wait` s for other processes to leave the cores (the cores they
+used anyway are recorded: `other_cores_per_repeat`, `contended`). Memory:
 the exact copies kept to restore the base, and the LoRA factors, as the merger counts them,
 plus the process RSS before and after.
 """
@@ -69,7 +71,7 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
-def measure(scenario, networks, rank, repeats, folder):
+def measure(scenario, networks, rank, repeats, folder, quiet_wait=20.0):
     from models.lora.merge import LoraMerger
     from models.lora.targets import NetworkTargets
 
@@ -81,15 +83,19 @@ def measure(scenario, networks, rank, repeats, folder):
     merger = LoraMerger(networks)
     load_s = [_timed(lambda p=p, n=n: merger.load(p, name=n, activate=False)) for p, n in zip(paths, "ab")]
     times = {k: [] for k in ("apply", "switch", "both", "same", "unload")}
-    memory = None
+    other_cores, memory = [], None
     for _ in range(repeats):
-        times["apply"].append(_timed(lambda: merger.set([("a", 1.0)])))
-        times["switch"].append(_timed(lambda: merger.set([("b", 1.0)])))
-        times["both"].append(_timed(lambda: merger.set([("a", 0.5), ("b", 1.0)])))
-        times["same"].append(_timed(lambda: merger.set([("a", 0.5), ("b", 1.0)])))
-        memory = merger.memory()
-        rss_applied = C.rss_gb()
-        times["unload"].append(_timed(lambda: merger.set([])))
+        if quiet_wait:
+            C.wait_quiet(max_wait=quiet_wait)  # others' bursts on the shared cores skew the timings
+        with C.CpuMeter() as cpu:
+            times["apply"].append(_timed(lambda: merger.set([("a", 1.0)])))
+            times["switch"].append(_timed(lambda: merger.set([("b", 1.0)])))
+            times["both"].append(_timed(lambda: merger.set([("a", 0.5), ("b", 1.0)])))
+            times["same"].append(_timed(lambda: merger.set([("a", 0.5), ("b", 1.0)])))
+            memory = merger.memory()
+            rss_applied = C.rss_gb()
+            times["unload"].append(_timed(lambda: merger.set([])))
+        other_cores.append(C.r(cpu.other_cores, 2))
     touched_params = sum(_numel(targets[k].variables[m].shape) for k, m in modules)
     result = {
         "scenario": scenario, "rank": rank, "modules": len(modules), "touched_params_m": C.r(touched_params / 1e6, 1),
@@ -100,6 +106,8 @@ def measure(scenario, networks, rank, repeats, folder):
         "original_copies_mb": C.r(memory["original_copies_bytes"] / 2**20, 1),
         "lora_tensors_mb": C.r(memory["lora_tensor_bytes"] / 2**20, 1),
         "rss_before_gb": C.r(rss_before), "rss_with_both_applied_gb": C.r(rss_applied),
+        "other_cores_per_repeat": other_cores,
+        "contended": any(c is not None and c > 0.25 for c in other_cores),
     }
     merger.unload()
     return result
@@ -112,7 +120,7 @@ def _numel(shape):
     return n
 
 
-def run(rank=16, repeats=5, scenarios=("attention", "everything"), tiny=False):
+def run(rank=16, repeats=5, scenarios=("attention", "everything"), tiny=False, quiet_wait=20.0):
     C.quiet_tf()
     import keras
     import tensorflow as tf
@@ -131,11 +139,12 @@ def run(rank=16, repeats=5, scenarios=("attention", "everything"), tiny=False):
               "units": "MB = 2**20 bytes, GB = 2**30 bytes; times in seconds, medians", "scenarios": []}
     with tempfile.TemporaryDirectory() as folder:
         for scenario in scenarios:
-            res = measure(scenario, networks, rank, repeats, folder)
+            res = measure(scenario, networks, rank, repeats, folder, 0.0 if tiny else quiet_wait)
             print(f"[lora_switch] {scenario}: {res['modules']} weights ({res['touched_params_m']} M params), "
                   f"apply {res['apply_s']:.3f} s, switch {res['switch_s']:.3f} s, two at once {res['both_s']:.3f} s, "
                   f"same set {res['same_s']:.4f} s, unload {res['unload_s']:.3f} s; kept for restoring "
-                  f"{res['original_copies_mb']} MB + LoRA tensors {res['lora_tensors_mb']} MB", file=sys.stderr,
+                  f"{res['original_copies_mb']} MB + LoRA tensors {res['lora_tensors_mb']} MB"
+                  f"{' (CONTENDED: other processes used the cores)' if res['contended'] else ''}", file=sys.stderr,
                   flush=True)
             result["scenarios"].append(res)
     result["loadavg_end"] = C.loadavg()
@@ -148,6 +157,8 @@ def parse_args(argv=None):
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--scenarios", default="attention,everything")
+    p.add_argument("--quiet-wait", type=float, default=20.0,
+                   help="seconds to wait before each repetition for other processes to leave the cores")
     p.add_argument("--tiny", action="store_true", help="the tiny test configs (smoke test)")
     p.add_argument("--out", default=None, help="write the JSON result here")
     return p.parse_args(argv)
@@ -155,7 +166,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    result = run(args.rank, args.repeats, tuple(s for s in args.scenarios.split(",") if s), args.tiny)
+    result = run(args.rank, args.repeats, tuple(s for s in args.scenarios.split(",") if s), args.tiny,
+                 args.quiet_wait)
     text = json.dumps(result, indent=2)
     print(text)
     C.save_result(args.out, result)

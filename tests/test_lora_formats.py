@@ -277,6 +277,7 @@ def test_reloading_a_name_replaces_it_in_place(clean, tmp_path):
     assert any(not np.array_equal(x, y) for x, y in zip(first, _weights(clean)))  # the new file's weights
 
 
+@pytest.mark.slow
 def test_bfloat16_weights_merge_and_restore_exactly(tmp_path):
     from models import load_pipeline
 
@@ -291,6 +292,7 @@ def test_bfloat16_weights_merge_and_restore_exactly(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(base, _weights(pipe)))
 
 
+@pytest.mark.slow
 def test_a_stage_server_applies_its_own_network(tmp_path):
     """A split deployment's UNet server has no text encoder: that part is skipped and counted."""
     from models import load_pipeline
@@ -363,6 +365,7 @@ def test_an_existing_file_named_like_a_spec_stays_whole(tmp_path):
     assert parse_lora_spec(str(path)) == (str(path), 1.0)
 
 
+@pytest.mark.slow
 def test_load_pipeline_and_cli_take_loras(tmp_path, capsys):
     from models import load_pipeline
     from models.__main__ import main, parse_args
@@ -471,6 +474,7 @@ def _shaped(targets, names, width=None):
     return sd
 
 
+@pytest.mark.slow
 def test_real_sd15_kohya_names_resolve_at_full_size(full_size_targets):
     from models.lora import parse_lora
     from models.lora.targets import resolve
@@ -484,6 +488,7 @@ def test_real_sd15_kohya_names_resolve_at_full_size(full_size_targets):
         assert [b.module for b in bound] == [module] and not skipped, stem
 
 
+@pytest.mark.slow
 def test_an_sd2_lora_on_sd15_is_named_as_such(full_size_targets):
     from models.lora import parse_lora
     from models.lora.describe import guess_base
@@ -498,6 +503,7 @@ def test_an_sd2_lora_on_sd15_is_named_as_such(full_size_targets):
         resolve(parsed, full_size_targets, context_dim=768)
 
 
+@pytest.mark.slow
 def test_bench_lora_switch_tiny():
     from bench.lora_switch import run
 

@@ -121,7 +121,7 @@ def resolve(parsed: ParsedLora, targets: dict, what: str = "LoRA file", *, conte
     if foreign or unknown or misfit or twice:
         lines = [f"{what} does not fit this model; nothing was applied:"]
         if foreign:
-            lines.append(f"  made for {_foreign(foreign[0].network)}, not SD 1.x: e.g. {foreign[0].keys[0]}")
+            lines.append(f"  made for {_foreign(foreign[0].network)}, not for this model: e.g. {foreign[0].keys[0]}")
         if misfit:
             lines.append(f"  wrong shapes: {_shown(misfit, 4)}")
         if unknown:
