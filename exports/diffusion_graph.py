@@ -11,8 +11,10 @@ input has a batch axis, and nothing about a row may depend on the other rows:
   batch from the first seed, so there rows k > 0 differ; a served row never depends on
   whatever else the batcher put next to it);
 * guidance is per row (it broadcasts in the guidance formula);
-* rows are grouped by (scheduler, num_steps, start step): each group runs its own loop on
-  its own rows, so requests with different settings can share a batch safely.
+* rows are grouped by (scheduler, num_steps, start step, guidance <= 1): each group runs its
+  own loop on its own rows, so requests with different settings can share a batch safely, and
+  a group whose guidance is at most 1 runs the UNet without the unconditional pass (as the
+  pipeline does), without another group's rows forcing it to.
 
 The loops themselves are `models.sampling.DenoiseLoop`, the same code the pipeline runs.
 """
@@ -31,9 +33,15 @@ from .signatures import Untracked
 SEED_COUNT = MAX_SEED + 1  # seeds are 0 .. MAX_SEED (models.pipeline); larger ones wrap
 
 
+# The schedulers the served graph holds (each one more traced loop). The registry has more
+# (Karras variants, LCM); adding them here changes the manifest's index order, which the edge
+# clients read, so that is the exporter's decision, not the registry's.
+EXPORTED_SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "euler_a")
+
+
 def scheduler_names():
     """The order of the `scheduler` input's indices (also written to the manifest)."""
-    return sorted(SCHEDULERS)
+    return sorted(name for name in SCHEDULERS if name in EXPORTED_SCHEDULERS)
 
 
 def _export_scheduler(name, schedule, row_shape, pad_to=None):
@@ -174,6 +182,7 @@ class DiffusionModule(tf.Module):
         tf.debugging.assert_less_equal(num_steps, MAX_STEPS, message=f"num_steps must be <= {MAX_STEPS}")
         steps = tf.cast(num_steps, tf.int64)
         key = (tf.cast(scheduler, tf.int64) * (MAX_STEPS + 1) + steps) * (MAX_STEPS + 1) + tf.cast(start, tf.int64)
+        key = key * 2 + tf.cast(guidance <= 1.0, tf.int64)  # DenoiseLoop skips the unconditional pass
         groups, group_of_row = tf.unique(key)
         seed = tf.math.floormod(tf.cast(seed, tf.int64), SEED_COUNT)
         per_row = (noise, context, uncond, seed, tf.reshape(guidance, [-1, 1, 1, 1]), mask, cond_latents,

@@ -1,4 +1,4 @@
-"""Stable Diffusion v1.x in Keras 3: networks, tokenizer, schedulers, pipeline, loaders.
+"""Stable Diffusion v1.x and 2.x in Keras 3: networks, tokenizer, schedulers, pipeline, loaders.
 
     from models import load_pipeline
     pipe = load_pipeline("tiny")          # or a diffusers folder, an ldm .safetensors, ...
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compile: bool = False,
                   unet: str | None = None, dtype: str | None = None, guidance_batching: str = "auto",
-                  parts=None, loras=None):
+                  parts=None, loras=None, clip_skip: int = 1, vae: str | None = None):
     """Load a model and wrap it in a pipeline.
 
     `unet` optionally names a fine-tuned diffusion model that replaces the base one.
@@ -21,6 +21,11 @@ def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compi
     the UNet but not the text encoder gets the empty prompt's context computed up front.
     `loras`: LoRA files to load and activate, as [(path, scale), ...], paths (scale 1.0) or
     "FILE:SCALE" strings (see models.lora); each is named by its file stem.
+    `clip_skip`: AUTOMATIC1111's clip skip (2 = the text encoder's penultimate layer, then its
+    final layer norm); SD 2.x's own conditioning is clip skip 1 here (see models/text_encoder.py).
+    `vae`: a replacement VAE (a diffusers AutoencoderKL or AutoencoderTiny/TAESD folder,
+    taesd_decoder.safetensors, a single-file VAE such as vae-ft-mse-840000-ema-pruned.safetensors;
+    see models.checkpoints.vae_files); decode_latents / encode_image then run it.
     """
     from .loading import load_components, load_unet
     from .pipeline import StableDiffusionPipeline
@@ -30,11 +35,17 @@ def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compi
         # The diffusion stage falls back to the empty prompt's context when a request sends no
         # negative one: compute it with the text encoder now, before the UNet fills the memory.
         te = load_components(source, allow_pickle=allow_pickle, dtype=dtype, parts=["text_encoder"])
-        uncond = StableDiffusionPipeline(te).encode_text([""])
+        uncond = StableDiffusionPipeline(te, clip_skip=clip_skip).encode_text([""])
         del te
     components = load_components(source, allow_pickle=allow_pickle, dtype=dtype, parts=parts)
     pipe = StableDiffusionPipeline(components, jit_compile=jit_compile, guidance_batching=guidance_batching,
-                                   empty_prompt_context=uncond)
+                                   empty_prompt_context=uncond, clip_skip=clip_skip)
+    if vae is not None and (parts is None or {"decoder", "encoder"} & set(parts)):
+        from .checkpoints.assemble import only_parts
+        from .checkpoints.vae_files import load_vae
+
+        with only_parts(parts):
+            pipe.swap_vae(*load_vae(vae, allow_pickle=allow_pickle, dtype=dtype, base_config=components.vae_config))
     if unet is not None and (parts is None or "unet" in parts):
         pipe.swap_unet(load_unet(unet, allow_pickle=allow_pickle, dtype=dtype))
     if loras:

@@ -19,7 +19,12 @@ def _common(p):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=None, help="random when left out; printed either way")
-    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--scheduler", default="ddim", type=_scheduler_arg,
+                   help='ours (ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_karras, euler_a, lcm) or the '
+                        'A1111 name ("DPM++ 2M Karras", "Euler a", ...)')
+    p.add_argument("--clip-skip", type=int, default=1, help="A1111's clip skip: 2 = the penultimate text layer")
+    p.add_argument("--vae", default=None, help="a replacement VAE: AutoencoderKL or TAESD folder, "
+                   "taesd_decoder.safetensors, or a single-file VAE (vae-ft-mse-840000-ema-pruned.safetensors)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", required=True, help="PNG path; with --batch > 1, -0, -1, ... are appended")
     p.add_argument("--unet", default=None, help="a fine-tuned diffusion model (unet/ folder) replacing the base one")
@@ -31,6 +36,15 @@ def _common(p):
     p.add_argument("--dtype", choices=["float32", "bfloat16", "mixed_float16", "mixed_bfloat16"], default="float32",
                    help="bfloat16: about 2x faster on CPUs with AVX-512 BF16/AMX, small quality cost; "
                         "mixed_float16 for GPUs")
+
+
+def _scheduler_arg(text):
+    from .schedulers.names import scheduler_from_a1111
+
+    try:
+        return scheduler_from_a1111(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _lora_arg(text):
@@ -84,8 +98,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     try:
         pipe = load_pipeline(args.model, allow_pickle=args.allow_pickle, jit_compile=args.xla, unet=args.unet,
-                             dtype=args.dtype, loras=args.lora)
-    except ValueError as e:  # CheckpointError and LoRA errors included: the message says what is wrong
+                             dtype=args.dtype, loras=args.lora, clip_skip=args.clip_skip, vae=args.vae)
+    except (ValueError, FileNotFoundError) as e:  # checkpoint, LoRA, VAE, clip skip: the message says what
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -65,10 +65,14 @@ class TextEncoderConfig(_Config):
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig(_Config):
-    """diffusers.UNet2DConditionModel fields (SD v1.x subset).
+    """diffusers.UNet2DConditionModel fields (the SD v1.x / 2.x subset).
 
-    `attention_head_dim` follows diffusers' historical meaning for SD v1: it is the number of
-    heads. `attention_norm_eps` and `gelu_approximate` exist so that KerasCV's port (which
+    `attention_head_dim` follows diffusers' historical meaning: it is the number of heads, one
+    number or one per level (SD 2.x: (5, 10, 20, 20), 64-wide heads). SD 2.x also sets
+    `use_linear_projection` (dense proj_in/proj_out) and 1024-d cross-attention;
+    `upcast_attention` (SD 2.1) computes attention scores in float32 under a float16 policy.
+    `time_cond_proj_dim` (LCM-distilled UNets) adds the guidance-embedding input.
+    `attention_norm_eps` and `gelu_approximate` exist so that KerasCV's port (which
     used 1e-5 and the tanh GELU) can be reproduced exactly; the SD defaults are 1e-6 and erf.
     """
 
@@ -99,9 +103,14 @@ class UNetConfig(_Config):
     sample_size: int = 64
     attention_norm_eps: float = 1e-6
     gelu_approximate: bool = False
+    time_cond_proj_dim: int | None = None
+    upcast_attention: bool = False
 
     def __post_init__(self):
         n = len(self.block_out_channels)
+        heads = self.attention_head_dim
+        if isinstance(heads, (tuple, list)) and len(heads) != n:
+            raise ValueError(f"attention_head_dim has {len(heads)} entries for {n} levels")
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ValueError("down_block_types, up_block_types and block_out_channels differ in length")
         for c in self.block_out_channels:
@@ -156,6 +165,43 @@ class VAEConfig(_Config):
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyAutoencoderConfig(_Config):
+    """diffusers.AutoencoderTiny fields (TAESD). It works on SD's scaled latents directly, so its
+    scaling factor is 1.0; latent_magnitude / latent_shift only describe its uint8 latent format."""
+
+    class_name = "AutoencoderTiny"
+    in_channels: int = 3
+    out_channels: int = 3
+    encoder_block_out_channels: tuple = (64, 64, 64, 64)
+    decoder_block_out_channels: tuple = (64, 64, 64, 64)
+    act_fn: str = "relu"
+    upsample_fn: str = "nearest"
+    latent_channels: int = 4
+    upsampling_scaling_factor: int = 2
+    num_encoder_blocks: tuple = (1, 3, 3, 3)
+    num_decoder_blocks: tuple = (3, 3, 3, 1)
+    latent_magnitude: float = 3
+    latent_shift: float = 0.5
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+
+    def __post_init__(self):
+        if len(self.encoder_block_out_channels) != len(self.num_encoder_blocks):
+            raise ValueError("encoder_block_out_channels and num_encoder_blocks differ in length")
+        if len(self.decoder_block_out_channels) != len(self.num_decoder_blocks):
+            raise ValueError("decoder_block_out_channels and num_decoder_blocks differ in length")
+        if self.act_fn != "relu" or self.upsample_fn != "nearest":
+            raise ValueError(f"TAESD uses act_fn='relu' and upsample_fn='nearest', got {self.act_fn!r}, "
+                             f"{self.upsample_fn!r}")
+        if self.shift_factor:
+            raise ValueError(f"shift_factor {self.shift_factor} is not supported (SD's TAESD has none)")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.num_encoder_blocks) - 1)
 
 
 SD_V1 = {

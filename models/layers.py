@@ -257,8 +257,13 @@ class Upsample(keras.layers.Layer):
 ATTENTION_CHUNK_ELEMENTS = 1 << 25
 
 
-def attention(q, k, v, heads, bias=None):
-    """Scaled dot-product attention over [B, N, heads*d] projections."""
+def attention(q, k, v, heads, bias=None, upcast=False):
+    """Scaled dot-product attention over [B, N, heads*d] projections. `upcast` computes the
+    scores and the softmax in float32 under a float16/bfloat16 policy (diffusers'
+    upcast_attention: SD 2.1's scores overflow float16)."""
+    out_dtype = v.dtype
+    if upcast and q.dtype != "float32":
+        q, k = ops.cast(q, "float32"), ops.cast(k, "float32")
     c = q.shape[-1]
     d = c // heads
     n, m = ops.shape(q)[1], ops.shape(k)[1]
@@ -282,8 +287,8 @@ def attention(q, k, v, heads, bias=None):
 def _attend(q, k, v, bias):
     scores = ops.matmul(q, k)
     if bias is not None:
-        scores = scores + bias
-    return ops.matmul(ops.softmax(scores, axis=-1), v)
+        scores = scores + ops.cast(bias, scores.dtype)
+    return ops.matmul(ops.cast(ops.softmax(scores, axis=-1), v.dtype), v)
 
 
 def _query_chunks(heads, n, m):
@@ -314,9 +319,9 @@ class Attention(keras.layers.Layer):
     Self-attention when called with one input, cross-attention with [x, context].
     """
 
-    def __init__(self, dim, heads, qkv_bias=False, **kwargs):
+    def __init__(self, dim, heads, qkv_bias=False, upcast=False, **kwargs):
         super().__init__(**kwargs)
-        self.dim, self.heads, self.qkv_bias = dim, heads, qkv_bias
+        self.dim, self.heads, self.qkv_bias, self.upcast = dim, heads, qkv_bias, upcast
         self.to_q = keras.layers.Dense(dim, use_bias=qkv_bias, name="to_q")
         self.to_k = keras.layers.Dense(dim, use_bias=qkv_bias, name="to_k")
         self.to_v = keras.layers.Dense(dim, use_bias=qkv_bias, name="to_v")
@@ -330,21 +335,22 @@ class Attention(keras.layers.Layer):
         self.to_out.build(tuple(x_shape[:-1]) + (self.dim,))
 
     def attend(self, x, ctx):
-        return self.to_out(attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads))
+        return self.to_out(attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads, upcast=self.upcast))
 
     def call(self, inputs):
         x, ctx = inputs if isinstance(inputs, list) else (inputs, inputs)
         return self.attend(x, ctx)
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "heads": self.heads, "qkv_bias": self.qkv_bias}
+        return {**super().get_config(), "dim": self.dim, "heads": self.heads, "qkv_bias": self.qkv_bias,
+                "upcast": self.upcast}
 
 
 class SpatialSelfAttention(Attention):
     """The VAE's single-head attention over all pixels, with a residual."""
 
     def __init__(self, channels, groups=32, eps=1e-6, **kwargs):
-        for key in ("dim", "heads", "qkv_bias"):
+        for key in ("dim", "heads", "qkv_bias", "upcast"):
             kwargs.pop(key, None)
         super().__init__(channels, 1, qkv_bias=True, **kwargs)
         self.channels, self.groups, self.eps = channels, groups, eps
@@ -361,6 +367,6 @@ class SpatialSelfAttention(Attention):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("dim", "heads", "qkv_bias"):
+        for key in ("dim", "heads", "qkv_bias", "upcast"):
             config.pop(key)
         return {**config, "channels": self.channels, "groups": self.groups, "eps": self.eps}

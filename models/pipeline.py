@@ -74,13 +74,15 @@ class StableDiffusionPipeline:
     """
 
     def __init__(self, components: Components, jit_compile: bool = False, guidance_batching: str = "auto",
-                 empty_prompt_context=None):
+                 empty_prompt_context=None, clip_skip: int = 1):
         """`guidance_batching`: "batched" (one UNet call on the doubled batch), "split" (two
         calls) or "auto": split for float32 on a CPU-only machine, where it is as fast and
         needs less memory (see models/sampling.py), batched otherwise.
         `empty_prompt_context` ([1, 77, D]) is the unconditional context used when no negative
         prompt is given; by default the text encoder computes it on first use (a pipeline
-        without its text encoder needs it given)."""
+        without its text encoder needs it given).
+        `clip_skip` (A1111's meaning: 2 = the text encoder's penultimate layer, then its final
+        layer norm; 1 = its last layer) applies to every prompt this pipeline encodes."""
         self.components = components
         self.guidance_batching = self._choose_batching(guidance_batching, components)
         self.text_encoder = components.text_encoder
@@ -94,7 +96,10 @@ class StableDiffusionPipeline:
         self._uncond_given = empty_prompt_context is not None
         self._loras = LoraMerger({"unet": self.unet, "text_encoder": self.text_encoder},
                                  on_change=self._lora_weights_changed)
-        self._encode = tf.function(lambda ids: self.text_encoder(ids, training=False), reduce_retracing=True)
+        self._encoders = {}  # clip_skip -> traced text encoder
+        self._clip_skip = 1
+        if clip_skip != 1:
+            self.clip_skip = clip_skip
         self._decode = tf.function(
             lambda z: self.decoder(z / self.scaling_factor, training=False), reduce_retracing=True
         )
@@ -132,6 +137,19 @@ class StableDiffusionPipeline:
     def context_dim(self) -> int:
         return self.text_encoder.config.hidden_size
 
+    @property
+    def clip_skip(self) -> int:
+        return self._clip_skip
+
+    @clip_skip.setter
+    def clip_skip(self, value):
+        layers = self.text_encoder.config.num_hidden_layers
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= layers:
+            raise InvalidInput(f"clip_skip must be an integer from 1 to {layers}, got {value!r}", "bad_clip_skip")
+        if int(value) != self._clip_skip and not self._uncond_given:
+            self._uncond = None  # the empty prompt's context depends on the layer read
+        self._clip_skip = int(value)
+
     def swap_unet(self, unet):
         """Replace only the diffusion model (a fine-tuned UNet); the edge parts stay."""
         cfg, new = self.unet.config, unet.config
@@ -143,6 +161,22 @@ class StableDiffusionPipeline:
         self._loras.replace_network("unet", unet)  # the old UNet gets its base back; active LoRAs move over
         self.unet = self.components.unet = unet
         self._loops.clear()
+
+    def swap_vae(self, encoder, decoder, config):
+        """Replace the VAE (an AutoencoderKL such as vae-ft-mse, or TAESD; models.checkpoints.
+        vae_files.load_vae gives the three): latents keep their convention, since each VAE's
+        config carries its own scaling factor (TAESD's is 1.0: it works on SD's scaled latents).
+        `encoder` None leaves the model without img2img and inpainting."""
+        old = self.components.vae_config
+        if config.latent_channels != old.latent_channels or config.downsample_factor != old.downsample_factor:
+            raise InvalidInput(
+                f"the new VAE makes {config.latent_channels}-channel latents at 1/{config.downsample_factor} size, "
+                f"this model's UNet needs {old.latent_channels} channels at 1/{old.downsample_factor}")
+        self.components.encoder, self.components.decoder, self.components.vae_config = encoder, decoder, config
+        self.encoder, self.decoder = encoder, decoder
+        self._decode = tf.function(  # a new trace: the old one holds the old decoder
+            lambda z: self.decoder(z / self.scaling_factor, training=False), reduce_retracing=True
+        )
 
     # -- LoRAs (models/lora: merged into the weights, restored bit for bit) ---------------
     def load_lora(self, path, scale: float = 1.0, name: str | None = None, *, activate: bool = True,
@@ -185,18 +219,45 @@ class StableDiffusionPipeline:
             self._uncond = None  # the empty prompt's context depends on the text encoder's weights
 
     # -- the four primitives -------------------------------------------------------------
-    def encode_text(self, prompts, check=None) -> np.ndarray:
-        """``check`` is passed to the tokenizer so a cancel can interrupt a long prompt."""
+    def encode_text(self, prompts, check=None, clip_skip=None) -> np.ndarray:
+        """``check`` is passed to the tokenizer so a cancel can interrupt a long prompt.
+        ``clip_skip`` None: the pipeline's (see __init__)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         ids = self.tokenizer.tokenize(list(prompts), check=check)
         _require(self.text_encoder)
-        return self._encode(tf.constant(ids)).numpy().astype(np.float32)
+        return self._text_encoder_fn(self.clip_skip if clip_skip is None else clip_skip)(tf.constant(ids)).numpy()
 
-    def predict_noise(self, latents, timestep, context) -> np.ndarray:
+    @property
+    def _encode(self):
+        """The traced text encoder at this pipeline's clip skip."""
+        return self._text_encoder_fn(self.clip_skip)
+
+    def _text_encoder_fn(self, clip_skip):
+        if clip_skip not in self._encoders:
+            try:
+                model = self.text_encoder.with_clip_skip(clip_skip)
+            except ValueError as e:
+                raise InvalidInput(str(e), "bad_clip_skip") from None
+            self._encoders[clip_skip] = tf.function(
+                lambda ids: tf.cast(model(ids, training=False), tf.float32), reduce_retracing=True)
+        return self._encoders[clip_skip]
+
+    def predict_noise(self, latents, timestep, context, guidance_scale=None) -> np.ndarray:
+        """One UNet call. An LCM-distilled UNet (`time_cond_proj_dim`) also takes the guidance
+        scale, as the embedding of guidance_scale - 1."""
+        from .unet import guidance_embedding
+
         latents = np.asarray(latents, np.float32)
         t = np.full([latents.shape[0]], float(timestep), np.float32)
-        return self.unet([latents, t, np.asarray(context, np.float32)], training=False).numpy()
+        inputs = [latents, t, np.asarray(context, np.float32)]
+        dim = self.unet.config.time_cond_proj_dim
+        if dim:
+            if guidance_scale is None:
+                raise InvalidInput("this LCM-distilled UNet takes the guidance scale: pass guidance_scale")
+            inputs.append(np.asarray(guidance_embedding(np.full([latents.shape[0]], guidance_scale - 1.0, np.float32),
+                                                        dim)))
+        return self.unet(inputs, training=False).numpy()
 
     def decode_latents(self, latents) -> np.ndarray:
         _require(self.decoder)
@@ -206,6 +267,8 @@ class StableDiffusionPipeline:
         """Images float32 [B, H, W, 3] in [-1, 1] -> posterior mean (or a sample) * scaling."""
         if self.encoder is None:
             raise InvalidInput("this model has no VAE encoder, so img2img and inpainting are unavailable", "no_image_encoder")
+        if getattr(self.encoder, "outputs_latents", False):  # TAESD: deterministic, no posterior
+            return (self.encoder(np.asarray(images, np.float32), training=False) * self.scaling_factor).numpy()
         mean, logvar = split_moments(self.encoder(np.asarray(images, np.float32), training=False))
         if sample:
             noise = tf.random.stateless_normal(tf.shape(mean), seed=[seed, 7])
@@ -265,6 +328,13 @@ class StableDiffusionPipeline:
             "max_tokens": self.tokenizer.max_length - 2,
             "inpainting_unet": bool(self.unet.config.is_inpainting),
             "has_image_encoder": self.encoder is not None,
+            # what a manifest or a client needs to run this family's text encoder and loop
+            "model_family": self.components.family,
+            "prediction_type": self.components.schedule.prediction_type,
+            "timestep_spacing": self.components.schedule.timestep_spacing,  # None: each scheduler's own
+            "clip_skip": self.clip_skip,
+            "guidance_embedding": bool(self.unet.config.time_cond_proj_dim),
+            "vae": self.components.vae_config.class_name,  # AutoencoderKL, or AutoencoderTiny (TAESD)
             # a component server loads only its stage's networks (load_components(parts=...))
             "loaded_networks": [n for n in PARTS if is_loaded(getattr(self.components, n))],
         }
@@ -302,6 +372,9 @@ class StableDiffusionPipeline:
             raise InvalidInput(f"context must be [B, tokens, width], got {list(context.shape)}", "wrong_shape")
         batch_size = context.shape[0]
         self._check_common(steps, guidance_scale, batch_size, scheduler)
+        max_steps = get_scheduler(scheduler, self.components.schedule).max_steps  # LCM: 50
+        if steps > max_steps:
+            raise InvalidInput(f"{scheduler} runs at most {max_steps} steps, got {steps}", "too_many_steps")
         seed = self._check_seed(seed)
         if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
             raise InvalidInput(f"strength must be in (0, 1], got {strength!r}", "bad_strength")
@@ -309,7 +382,12 @@ class StableDiffusionPipeline:
             image_latents = self._check_latents("image_latents", image_latents, batch_size)
             height, width = image_latents.shape[1] * self.vae_factor, image_latents.shape[2] * self.vae_factor
         height, width = self._check_size(height, width)
-        uncond = self._unconditional_context(unconditional_context, batch_size)
+        # guidance <= 1 (SD-Turbo, LCM) runs no unconditional pass: models/sampling.py
+        conditional_only = float(guidance_scale) <= 1.0 or bool(self.unet.config.time_cond_proj_dim)
+        if conditional_only and unconditional_context is None:
+            uncond = context  # never read: no need to encode the empty prompt
+        else:
+            uncond = self._unconditional_context(unconditional_context, batch_size)
         if context.shape != uncond.shape:
             raise InvalidInput(f"context {list(context.shape)} and unconditional context {list(uncond.shape)} "
                                "differ", "wrong_shape")
@@ -345,7 +423,7 @@ class StableDiffusionPipeline:
             mode = CONCAT  # txt2img on an inpainting UNet: everything masked, nothing known
 
         _require(self.unet)
-        loop = self._loop(scheduler, mode)
+        loop = self._loop(scheduler, mode, conditional_only)
         start = int(loop.scheduler.start_index(steps, strength)) if image_latents is not None else 0
         if start >= steps:
             raise InvalidInput(f"strength {strength} with {steps} steps leaves no step to run", "bad_strength")
@@ -387,12 +465,15 @@ class StableDiffusionPipeline:
         ]
         return tf.stack(rows).numpy()
 
-    def _loop(self, scheduler, mode):
-        key = (scheduler, mode)
+    def _loop(self, scheduler, mode, conditional_only):
+        """One traced loop per (scheduler, mode, whether guidance > 1): each graph holds one UNet
+        call path (guided, or conditional only) instead of a runtime branch over both."""
+        key = (scheduler, mode, "conditional_only") if conditional_only else (scheduler, mode)
         if key not in self._loops:
             sched = get_scheduler(scheduler, self.components.schedule)
             self._loops[key] = DenoiseLoop(self.unet, sched, mode, jit_compile=self.jit_compile,
-                                           guidance_batching=self.guidance_batching)
+                                           guidance_batching=self.guidance_batching,
+                                           conditional_only=bool(conditional_only))
         return self._loops[key]
 
     def generate(self, prompt, negative_prompt=None, num_steps: int = 20, guidance_scale: float = 7.5,

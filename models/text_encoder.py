@@ -3,6 +3,13 @@
 Causal self-attention, quick-GELU MLPs (SD v1's CLIP ViT-L/14) and a final layer norm,
 whose output (the last hidden state) is what SD v1 conditions on. Quick-GELU also matters
 at the edge: the exact GELU's Erfc does not convert to TF.js.
+
+SD 2.x's OpenCLIP ViT-H tower is the same network with the exact GELU (hidden_act="gelu"),
+width 1024 and 16 heads. SD 2 conditions on OpenCLIP's penultimate layer followed by the final
+layer norm, so its diffusers folders (and our single-file loader) keep 23 of the 24 layers and
+this model's plain output is SD 2's conditioning. `with_clip_skip(n)` is AUTOMATIC1111's
+"clip skip": the final layer norm of the hidden state n - 1 layers before the last (2 = the
+penultimate layer), sharing these weights.
 """
 
 from __future__ import annotations
@@ -111,6 +118,25 @@ class TextEncoder(keras.Model):
         )(x)
         super().__init__(token_ids, context, name=name, **kwargs)
         self.config = c
+        self._clip_skip_models = {}
+
+    def with_clip_skip(self, clip_skip: int):
+        """This model for clip_skip 1, else a model sharing its layers that stops clip_skip - 1
+        layers early and applies the final layer norm (diffusers' clip_skip is ours minus one)."""
+        layers = self.config.num_hidden_layers
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= layers:
+            raise ValueError(f"clip_skip must be an integer from 1 to {layers} (the text encoder's layers), "
+                             f"got {clip_skip!r}")
+        if clip_skip == 1:
+            return self
+        if clip_skip not in self._clip_skip_models:
+            token_ids = keras.Input((self.config.max_position_embeddings,), dtype="int32", name="token_ids")
+            x = self.get_layer("text_model.embeddings")(token_ids)
+            for i in range(layers - clip_skip + 1):
+                x = self.get_layer(f"text_model.encoder.layers.{i}")(x)
+            context = self.get_layer("text_model.final_layer_norm")(x)
+            self._clip_skip_models[clip_skip] = keras.Model(token_ids, context, name=f"{self.name}_clip_skip_{clip_skip}")
+        return self._clip_skip_models[clip_skip]
 
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}

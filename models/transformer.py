@@ -41,13 +41,14 @@ class GEGLUFeedForward(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
     """Pre-norm self-attention, cross-attention and feed-forward, each with a residual."""
 
-    def __init__(self, dim, heads, gelu_approximate=False, **kwargs):
+    def __init__(self, dim, heads, gelu_approximate=False, upcast_attention=False, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.heads, self.gelu_approximate = dim, heads, gelu_approximate
+        self.upcast_attention = upcast_attention
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm1")
-        self.attn1 = Attention(dim, heads, name="attn1")
+        self.attn1 = Attention(dim, heads, upcast=upcast_attention, name="attn1")
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm2")
-        self.attn2 = Attention(dim, heads, name="attn2")
+        self.attn2 = Attention(dim, heads, upcast=upcast_attention, name="attn2")
         self.norm3 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm3")
         self.ff = GEGLUFeedForward(dim, approximate=gelu_approximate, name="ff")
 
@@ -72,6 +73,7 @@ class TransformerBlock(keras.layers.Layer):
             "dim": self.dim,
             "heads": self.heads,
             "gelu_approximate": self.gelu_approximate,
+            "upcast_attention": self.upcast_attention,
         }
 
 
@@ -83,11 +85,12 @@ class SpatialTransformer(keras.layers.Layer):
 
     def __init__(
         self, channels, heads, groups=32, eps=1e-6, use_linear_projection=False,
-        gelu_approximate=False, **kwargs,
+        gelu_approximate=False, upcast_attention=False, **kwargs,
     ):
         super().__init__(**kwargs)
         self.channels, self.heads, self.groups, self.eps = channels, heads, groups, eps
         self.use_linear_projection, self.gelu_approximate = use_linear_projection, gelu_approximate
+        self.upcast_attention = upcast_attention
         self.norm = keras.layers.GroupNormalization(groups, epsilon=eps, name="norm")
         if use_linear_projection:
             self.proj_in = keras.layers.Dense(channels, name="proj_in")
@@ -95,7 +98,7 @@ class SpatialTransformer(keras.layers.Layer):
         else:
             self.proj_in = Conv2D(channels, 1, name="proj_in")
             self.proj_out = Conv2D(channels, 1, name="proj_out")
-        self.block = TransformerBlock(channels, heads, gelu_approximate, name="transformer_blocks.0")
+        self.block = TransformerBlock(channels, heads, gelu_approximate, upcast_attention, name="transformer_blocks.0")
 
     def build(self, input_shape):
         x_shape, ctx_shape = input_shape
@@ -130,4 +133,5 @@ class SpatialTransformer(keras.layers.Layer):
             "eps": self.eps,
             "use_linear_projection": self.use_linear_projection,
             "gelu_approximate": self.gelu_approximate,
+            "upcast_attention": self.upcast_attention,
         }

@@ -44,7 +44,6 @@ _UNET_SUPPORTED = {
     "conv_in_kernel": (3,),
     "conv_out_kernel": (3,),
     "encoder_hid_dim": (None,),
-    "time_cond_proj_dim": (None,),
     "attention_type": ("default",),
     "mid_block_only_cross_attention": (None, False),
     "downsample_padding": (1,),

@@ -40,9 +40,29 @@ def looks_like_repo_id(source: str) -> bool:
     return bool(_REPO_ID.match(str(source))) and not os.path.exists(source)
 
 
+def _only_variant(repo_id, revision):
+    """"fp16" when some network of the repo has its weights only as an fp16 variant (then the
+    plain-file patterns would fetch nothing for it); None otherwise, or when the listing fails
+    (the download itself then reports what is wrong)."""
+    try:
+        from huggingface_hub import list_repo_files
+
+        files = set(list_repo_files(repo_id, revision=revision))
+    except Exception:
+        return None
+    for part, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                       ("text_encoder", "model")):
+        plain = {f"{part}/{stem}.safetensors", f"{part}/{stem}.safetensors.index.json"}
+        fp16 = {f"{part}/{stem}.fp16.safetensors", f"{part}/{stem}.fp16.safetensors.index.json"}
+        if not plain & files and fp16 & files:
+            return "fp16"
+    return None
+
+
 def download(repo_id: str, *, revision: str | None = None, variant: str | None = None,
-             cache_dir: str | None = None) -> str:
-    """Fetch (or reuse the cached copy of) a diffusers repo; returns the local folder."""
+             cache_dir: str | None = None, allow_patterns: list | None = None) -> str:
+    """Fetch (or reuse the cached copy of) a diffusers repo; returns the local folder.
+    `allow_patterns` replaces the pipeline layout's (e.g. a VAE repo's root config.json)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -50,8 +70,10 @@ def download(repo_id: str, *, revision: str | None = None, variant: str | None =
             f"{repo_id!r} looks like a Hugging Face Hub id, but huggingface_hub is not installed "
             "(pip install huggingface_hub), and there is no local path of that name"
         ) from None
-    allow = list(ALLOW_PATTERNS)
+    allow = list(ALLOW_PATTERNS if allow_patterns is None else allow_patterns)
     ignore = list(IGNORE_PATTERNS)
+    if variant is None:
+        variant = _only_variant(repo_id, revision)
     if variant:
         allow += [f"*/*.{variant}.safetensors", f"*/*.{variant}.safetensors.index.json"]
         ignore = [p for p in ignore if variant not in p]

@@ -37,7 +37,13 @@ def _replace(base, what, **fields):
         ) from None
 
 
+SD2_CONTEXT_WIDTH, SD2_HEAD_WIDTH = 1024, 64
+
+
 def infer_unet_config(sd: dict, base: UNetConfig | None = None, what: str = "UNet") -> UNetConfig:
+    """Without a `base`, a UNet attending to 1024-wide context is taken for SD 2.x (64-wide
+    heads per level), any other for SD 1.x (8 heads)."""
+    default_base = base is None
     base = base or UNetConfig()
     levels = _indices(sd, r"down_blocks\.(\d+)\.")
     if not levels:
@@ -60,8 +66,14 @@ def infer_unet_config(sd: dict, base: UNetConfig | None = None, what: str = "UNe
     proj_in = next((v for k, v in sd.items() if k.endswith(".proj_in.weight")), None)
     if proj_in is not None:
         fields["use_linear_projection"] = proj_in.ndim == 2
+    cond_proj = sd.get("time_embedding.cond_proj.weight")
+    if cond_proj is not None:  # an LCM-distilled UNet's guidance embedding
+        fields["time_cond_proj_dim"] = int(cond_proj.shape[1])
     heads = base.attention_head_dim
-    if isinstance(heads, (tuple, list)) and len(heads) != n:
+    if default_base and fields.get("cross_attention_dim") == SD2_CONTEXT_WIDTH:
+        # SD 2.x (OpenCLIP's 1024-wide context) uses 64-wide heads: 5, 10, 20, 20 at SD's widths
+        fields["attention_head_dim"] = tuple(max(1, c // SD2_HEAD_WIDTH) for c in channels)
+    elif isinstance(heads, (tuple, list)) and len(heads) != n:
         fields["attention_head_dim"] = UNetConfig().attention_head_dim
     return _replace(base, what, **fields)
 

@@ -1,13 +1,20 @@
-"""Original CompVis/ldm single-file checkpoints (e.g. v1-5-pruned-emaonly.safetensors).
+"""Original CompVis/ldm single-file checkpoints (e.g. v1-5-pruned-emaonly.safetensors,
+v2-1_768-ema-pruned.safetensors, sd_turbo.safetensors).
 
 One file holds the UNet (`model.diffusion_model.*`), the VAE (`first_stage_model.*`) and CLIP
-(`cond_stage_model.transformer.*`) under ldm's module names. They are renamed to diffusers
+(`cond_stage_model.transformer.*`; SD 2.x: OpenCLIP's `cond_stage_model.model.*`, see
+open_clip.py) under ldm's module names. They are renamed to diffusers
 names with ONE table, generated from the block structure: each row pairs an ldm block prefix
 with a diffusers block prefix plus the renames inside that block. The same rows drive both
 directions (`split_ldm_state_dict`, `to_ldm_state_dict`), so a key map cannot drift between them.
 
 The architecture is read off the weights (widths, depth, 4 vs 9 input channels, context
-width); head count and group count are not visible in the shapes and default to SD v1's.
+width, 1x1-convolution or linear projections); head count and group count are not visible in
+the shapes and default to SD v1's (8 heads), or SD 2.x's 64-wide heads for a 1024-wide context.
+
+What an SD 2.x file cannot say is whether it is a 768 px v-prediction model (SD 2.0/2.1-v) or a
+512 px epsilon one (2.x-base, SD-Turbo): the keys are the same. `prediction_type` says it; the
+default is v_prediction at 768 px (the SD 2.1 release, as diffusers assumes), epsilon gives 512 px.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from .errors import CheckpointMismatchError, UnsupportedCheckpointError
 from .files import read_weights
 from .infer import infer_text_encoder_config, infer_unet_config, infer_vae_config
 from .keys import normalize_text_encoder
+from . import open_clip
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -206,11 +214,10 @@ def ema_key(ldm_unet_key: str) -> str:
 def split_ldm_state_dict(sd: dict, *, prefer_ema: bool = True, what: str = "checkpoint") -> dict:
     """{"unet", "vae", "text_encoder"} diffusers-named state dicts (parts absent from the file
     are absent from the result). With EMA copies present, the UNet comes from them."""
-    if any(k.startswith("cond_stage_model.model.") for k in sd):
-        raise UnsupportedCheckpointError(
-            f"{what} uses an OpenCLIP text encoder (SD 2.x); only SD v1.x (CLIP ViT-L/14) is supported"
-        )
-    unet, vae, text, ema, unexpected = {}, {}, {}, {}, []
+    if open_clip.is_open_clip(sd) and any(k.startswith(TEXT_PREFIX) for k in sd):
+        raise UnsupportedCheckpointError(f"{what} holds both a CLIP and an OpenCLIP text tower (SDXL?); "
+                                         "SD 1.x has one CLIP, SD 2.x one OpenCLIP")
+    unet, vae, text, clip2, ema, unexpected = {}, {}, {}, {}, {}, []
     for key, value in sd.items():
         if key in IGNORED_KEYS:
             continue
@@ -220,6 +227,8 @@ def split_ldm_state_dict(sd: dict, *, prefer_ema: bool = True, what: str = "chec
             vae[key[len(VAE_PREFIX):]] = value
         elif key.startswith(TEXT_PREFIX):
             text[key[len(TEXT_PREFIX):]] = value
+        elif key.startswith(open_clip.PREFIX):
+            clip2[key[len(open_clip.PREFIX):]] = value
         elif key.startswith(EMA_PREFIX):
             ema[key] = value
         else:
@@ -248,11 +257,17 @@ def split_ldm_state_dict(sd: dict, *, prefer_ema: bool = True, what: str = "chec
         out["vae"] = _convert(vae, vae_blocks(*_ldm_vae_structure(vae, what)), True, f"{what} (VAE)")
     if text:
         out["text_encoder"] = normalize_text_encoder(text)
+    if clip2:
+        out["text_encoder"] = open_clip.to_clip_text(clip2, f"{what} (OpenCLIP text encoder)")
     return out
 
 
-def to_ldm_state_dict(unet: dict | None = None, vae: dict | None = None, text_encoder: dict | None = None) -> dict:
-    """diffusers-named state dicts -> one ldm-named state dict (what an SD v1 file holds)."""
+def to_ldm_state_dict(unet: dict | None = None, vae: dict | None = None, text_encoder: dict | None = None,
+                      *, open_clip_last_layer: dict | None = None, open_clip_extras: dict | None = None) -> dict:
+    """diffusers-named state dicts -> one ldm-named state dict (what an SD v1 file holds).
+    With `open_clip_last_layer` (one CLIPTextModel layer's tensors) the text encoder is written
+    the SD 2.x way: OpenCLIP names, fused q/k/v, that layer as the unused last resblock, plus
+    `open_clip_extras` (text_projection, logit_scale)."""
     out = {}
     if unet:
         rows = unet_blocks(*_diffusers_unet_structure(unet))
@@ -260,7 +275,11 @@ def to_ldm_state_dict(unet: dict | None = None, vae: dict | None = None, text_en
     if vae:
         rows = vae_blocks(*_diffusers_vae_structure(vae))
         out.update({VAE_PREFIX + k: v for k, v in _convert(vae, rows, False, "VAE").items()})
-    if text_encoder:
+    if text_encoder and open_clip_last_layer is not None:
+        tower = open_clip.from_clip_text(normalize_text_encoder(text_encoder),
+                                         normalize_text_encoder(open_clip_last_layer), open_clip_extras)
+        out.update({open_clip.PREFIX + k: v for k, v in tower.items()})
+    elif text_encoder:
         out.update({TEXT_PREFIX + k: v for k, v in normalize_text_encoder(text_encoder).items()})
     return out
 
@@ -285,11 +304,16 @@ def is_ldm_state_dict(keys) -> bool:
 
 def load_ldm_checkpoint(path, *, allow_pickle=False, dtype=None, prefer_ema=True,
                         unet_config: UNetConfig | None = None, vae_config: VAEConfig | None = None,
-                        text_encoder_config: TextEncoderConfig | None = None, state_dict: dict | None = None):
+                        text_encoder_config: TextEncoderConfig | None = None, state_dict: dict | None = None,
+                        prediction_type: str | None = None):
     """Components from an ldm single file. The configs are bases for what the weights cannot
     show (heads, GroupNorm groups, epsilons); everything else is read off the weights.
-    `state_dict` skips reading the file again when the caller already has its tensors."""
+    `state_dict` skips reading the file again when the caller already has its tensors.
+    `prediction_type` (SD 2.x files; see the module docstring) None: v_prediction for SD 2.x,
+    epsilon for SD 1.x."""
     from ..components import Components
+    from ..schedulers import NoiseSchedule
+    from ..tokenizer import CLIPTokenizer
     from .diffusers_folder import _check_widths, load_schedule, load_tokenizer_folder
 
     path = os.fspath(path)
@@ -302,16 +326,31 @@ def load_ldm_checkpoint(path, *, allow_pickle=False, dtype=None, prefer_ema=True
             "model.diffusion_model.*, first_stage_model.* and cond_stage_model.transformer.*"
             + (" (a UNet-only file can replace the UNet: load it with load_unet)" if "unet" in parts else "")
         )
+    sd2 = open_clip.is_open_clip(sd)
+    if sd2 and text_encoder_config is None:
+        text_encoder_config = TextEncoderConfig(hidden_act="gelu")  # OpenCLIP: the exact GELU
+    elif sd2 and text_encoder_config.hidden_act != "gelu":
+        raise UnsupportedCheckpointError(f"{path}: an OpenCLIP text tower uses hidden_act='gelu', "
+                                         f"the given text_encoder_config says {text_encoder_config.hidden_act!r}")
     text_config = infer_text_encoder_config(parts["text_encoder"], text_encoder_config, what=path)
     u_config = infer_unet_config(parts["unet"], unet_config, what=path)
     v_config = infer_vae_config(parts["vae"], vae_config, what=path)
+    schedule = load_schedule(None)
+    tokenizer = load_tokenizer_folder(None)
+    if sd2:
+        prediction_type = prediction_type or "v_prediction"
+        if unet_config is None:  # 768 px for the v models (SD 2.0/2.1), 512 px for base and Turbo
+            u_config = u_config.replace(sample_size=96 if prediction_type == "v_prediction" else 64)
+        tokenizer = CLIPTokenizer(pad_id=0)  # SD 2 pads with "!" (id 0), as its tokenizer folders say
+    if prediction_type is not None:
+        schedule = NoiseSchedule(**{**schedule.to_config(), "prediction_type": prediction_type})
     _check_widths(text_config, u_config, v_config, path)
     text_encoder = build_text_encoder(text_config, parts["text_encoder"], dtype=dtype, what=f"{path} (text encoder)")
     unet = build_unet(u_config, parts["unet"], dtype=dtype, what=f"{path} (UNet)")
     encoder, decoder = build_vae(v_config, parts["vae"], dtype=dtype, what=f"{path} (VAE)")
     return Components(
         text_encoder=text_encoder, unet=unet, decoder=decoder, encoder=encoder,
-        tokenizer=load_tokenizer_folder(None), vae_config=v_config, schedule=load_schedule(None),
+        tokenizer=tokenizer, vae_config=v_config, schedule=schedule,
         name=os.path.splitext(os.path.basename(path))[0], source=path,
     )
 
