@@ -202,6 +202,14 @@ def test_noise_schedule_config_roundtrip():
     assert (turbo.timestep_spacing, turbo.prediction_type) == ("trailing", "epsilon")
     assert v.prediction_type == "v_prediction" and NoiseSchedule.from_config(v.to_config()).prediction_type == "v_prediction"
     assert NoiseSchedule.from_config(turbo.to_config()).timestep_spacing == "trailing"
+    # diffusers writes its class defaults out: a saved SD 1.5 DDIM/PNDM config's "leading" is
+    # nobody's choice, and each sampler keeps its own spacing; away from the default it is one
+    for klass, spacing, kept in (("DDIMScheduler", "leading", None), ("PNDMScheduler", "leading", None),
+                                 ("DDIMScheduler", "linspace", "linspace"), ("EulerDiscreteScheduler", "linspace", None),
+                                 ("EulerDiscreteScheduler", "trailing", "trailing"), ("Unknown", "leading", None),
+                                 ("Unknown", "trailing", "trailing")):
+        cfg_k = dict(cfg, _class_name=klass, timestep_spacing=spacing)
+        assert NoiseSchedule.from_config(cfg_k).timestep_spacing == kept, (klass, spacing)
     for bad in (dict(prediction_type="sample"), dict(timestep_spacing="karras")):
         with pytest.raises(ValueError, match=next(iter(bad.values()))):
             NoiseSchedule.from_config(dict(cfg, **bad))

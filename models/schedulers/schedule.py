@@ -6,9 +6,13 @@ diffusers (torch, CPU) computes for the same config.
 
 Two more facts of a trained model live here because both training and sampling must agree on
 them: `prediction_type` (what the UNet outputs: the noise, "epsilon", as SD 1.x and SD 2 base, or
-the velocity, "v_prediction", as SD 2.x 768-v) and `timestep_spacing` (the spacing the model's own
-scheduler_config.json names, e.g. "trailing" for SD-Turbo; None when it names none, and then
-every sampler uses its own default, as diffusers' `from_config` would).
+the velocity, "v_prediction", as SD 2.x 768-v) and `timestep_spacing` (a spacing the model's own
+scheduler_config.json chose, e.g. "trailing" for SD-Turbo; None when it chose none, and then
+every sampler uses its own default). diffusers writes every config default out, so a saved
+SD 1.5 DDIMScheduler config says "leading" without anyone choosing it: a spacing counts as the
+model's choice only where it differs from its scheduler class's default (CLASS_SPACINGS), or,
+for a class not listed, when it is "trailing" (the one spacing few-step models need); a config
+without a class (our own `to_config()`) names only chosen ones.
 """
 import numpy as np
 import tensorflow as tf
@@ -18,6 +22,14 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 CONFIG_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
                "timestep_spacing")
+# diffusers 0.42's default timestep_spacing per scheduler class
+CLASS_SPACINGS = {
+    "DDIMScheduler": "leading", "PNDMScheduler": "leading", "DDPMScheduler": "leading", "LCMScheduler": "leading",
+    "TCDScheduler": "leading", "EulerDiscreteScheduler": "linspace", "EulerAncestralDiscreteScheduler": "linspace",
+    "DPMSolverMultistepScheduler": "linspace", "UniPCMultistepScheduler": "linspace",
+    "HeunDiscreteScheduler": "linspace", "KDPM2DiscreteScheduler": "linspace",
+    "KDPM2AncestralDiscreteScheduler": "linspace", "DEISMultistepScheduler": "linspace",
+}
 
 
 def _torch_linspace_f32(start, stop, num):
@@ -99,7 +111,19 @@ class NoiseSchedule:
             raise ValueError("trained_betas is not supported")
         if config.get("rescale_betas_zero_snr"):
             raise ValueError("rescale_betas_zero_snr is not supported")
-        return cls(**{k: config[k] for k in CONFIG_KEYS if k in config and config[k] is not None})
+        kwargs = {k: config[k] for k in CONFIG_KEYS if k in config and config[k] is not None}
+        spacing = kwargs.pop("timestep_spacing", None)
+        if spacing is not None:
+            check_spacing(spacing)
+            klass = config.get("_class_name")
+            default = CLASS_SPACINGS.get(klass)
+            if klass is None:  # our own to_config(): whatever it names was chosen
+                chosen = True
+            else:
+                chosen = spacing != default if default is not None else spacing == "trailing"
+            if chosen:
+                kwargs["timestep_spacing"] = spacing
+        return cls(**kwargs)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items())
