@@ -118,8 +118,9 @@ class DenoiseLoop:
 
         def body(i, x, state):
             eps = self._guided_noise(plan, i, x, context, uncond, guidance, mask, cond_latents)
-            x, state = self.scheduler.plan_step(plan, i, eps, x, state, seed=seed)
-            return i + 1, self._after_step(plan, i, x, mask, cond_latents, noise, num_steps), state
+            x_next, state = self.scheduler.plan_step(plan, i, eps, x, state, seed=seed)
+            x_next = self._after_step(plan, i, x_next, mask, cond_latents, noise, num_steps)
+            return i + 1, tf.ensure_shape(x_next, x.shape), state  # the guidance branch loses the static batch
 
         _, x, _ = tf.while_loop(
             lambda i, *_: i < num_steps, body, (start, x, state),
