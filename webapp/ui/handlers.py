@@ -15,14 +15,12 @@ import os
 import tempfile
 import time
 
-import numpy as np
-
 from models import chain
 from models.errors import InvalidInput
 from models.pipeline import MAX_SEED
 
 from ..errors import ApiError
-from .uploads import check_upload_sizes, mask_from_editor
+from .uploads import check_upload_sizes, mask_from_editor, rgb_image
 
 RANDOM = -1  # the seed box's "pick one"
 
@@ -39,16 +37,6 @@ def save_pngs(images, result, model, out_dir):
             f.write(png_bytes(im, params))
         paths.append((path, f"seed {params['seed']}"))
     return paths
-
-
-def _rgb_upload(image) -> np.ndarray:
-    """An uploaded picture (numpy from gr.Image, any mode) -> uint8 RGB."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, -1)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise ApiError(400, "bad_image", f"the upload is not an RGB image (shape {list(image.shape)})")
-    return image[..., :3].astype(np.uint8)
 
 
 def gallery_image(gallery, selected=None):
@@ -213,7 +201,7 @@ class UIHandlers:
             seed, steps, batch = self._checked(prompt, negative, steps, guidance, seed, batch)
             if image is None:
                 raise ApiError(400, "no_image", "upload an image to start from")
-            image = _rgb_upload(image)
+            image = rgb_image(image)
             self.limits.check_size(*image.shape[:2])
         except ApiError as e:
             raise gr.Error(e.message) from None

@@ -8,14 +8,23 @@ import numpy as np
 from ..errors import ApiError
 
 
+def rgb_image(image) -> np.ndarray:
+    """An uploaded picture (numpy from Gradio, grey, RGB or RGBA) -> uint8 RGB."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, -1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ApiError(400, "bad_image", f"the upload is not an RGB image (shape {list(image.shape)})")
+    return image[..., :3].astype(np.uint8)
+
+
 def mask_from_editor(value, uploaded_mask=None):
     """Gradio 6 ImageMask value {"background", "layers", "composite"} -> (RGB image, mask).
     The painted mask is the alpha of layers[0]; an uploaded mask image (white = repaint)
     takes precedence when given."""
     if value is None or value.get("background") is None:
         raise ApiError(400, "no_image", "upload an image to inpaint")
-    bg = np.asarray(value["background"])
-    image = bg[..., :3].astype(np.uint8) if bg.ndim == 3 else np.stack([bg] * 3, -1).astype(np.uint8)
+    image = rgb_image(value["background"])
     if uploaded_mask is not None:
         m = np.asarray(uploaded_mask)
         if m.ndim == 3:
