@@ -633,6 +633,11 @@ def not_hosted_family() -> list:
                          role=role, **kw)
         case.only = "three endpoints"
         cases.append(case)
+    case = http_case("rest", "stage not hosted", "/api/v1/img2img to the diffusion server", "POST", "/api/v1/img2img",
+                     404, "not_hosted", role="diffusion", files={"image": ("i.png", GOOD, "image/png")},
+                     data={"prompt": PROMPT})
+    case.only = "three endpoints"
+    cases.append(case)
     return cases
 
 
@@ -854,11 +859,13 @@ def body_size_family() -> list:
     cases = []
     routes = [("rest", "/api/v1/txt2img", "application/json"), ("rest", "/api/v1/encode", "application/json"),
               ("rest", "/api/v1/inpaint", "multipart/form-data; boundary=b"),
+              ("rest", "/api/v1/img2img", "multipart/form-data; boundary=b"),
               ("tensor", "/api/v1/diffuse", wire.MEDIA_TYPE),
               ("tensor", "/api/v1/decode", wire.MEDIA_TYPE), ("tensor", "/api/v1/encode_image", wire.MEDIA_TYPE),
               ("gradio", "/gradio_api/upload", "multipart/form-data; boundary=b"),
               ("gradio", "/gradio_api/queue/join", "application/json"),
               ("gradio", "/gradio_api/call/txt2img", "application/json"),
+              ("gradio", "/gradio_api/call/img2img", "application/json"),
               ("gradio", "/gradio_api/run/count_tokens", "application/json")]
     for surface, path, ctype in routes:
         h = {"content-type": ctype}
