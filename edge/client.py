@@ -36,6 +36,15 @@ class EdgeError(RuntimeError):
     """A problem the user can act on (bad export folder, server error); the text says what."""
 
 
+def uses_unconditional(guidance_scale: float, manifest: dict) -> bool:
+    """Whether a request needs the negative prompt's context: only with classifier-free guidance
+    (guidance > 1 on a UNet without a guidance embedding). Otherwise the server runs no
+    unconditional pass (models/sampling.py) and never reads it, so the client encodes and sends
+    one context. The same rule as edge/web/guidance.js; manifests from before `model.guidance_embedding`
+    mean a plain UNet."""
+    return float(guidance_scale) > 1.0 and not manifest.get("model", {}).get("guidance_embedding", False)
+
+
 def paste_back(image: np.ndarray, decoded: np.ndarray, mask: np.ndarray, mask_blur: float) -> np.ndarray:
     """Pixels the blurred mask does not touch are the original's: models.masks' rule, as the chain."""
     return masks.paste_back(image, decoded, masks.repaint_weight(mask, mask_blur))
@@ -133,10 +142,11 @@ class EdgeClient:
             raise EdgeError(f"the server's answer has no 'latents' tensor (got {sorted(tensors)})")
         return np.asarray(tensors["latents"], np.float32), metadata, len(body), len(data)
 
-    def _common(self, prompt, negative_prompt, timings):
+    def _common(self, prompt, negative_prompt, guidance_scale, timings):
         t = time.perf_counter()
         tensors = {"context": self.models.encode_text(prompt).astype(self.np_dtype)}
-        if negative_prompt:  # otherwise the server uses the model's own empty-prompt context
+        # without a negative prompt the server uses the model's own empty-prompt context
+        if negative_prompt and uses_unconditional(guidance_scale, self.models.manifest):
             tensors["unconditional_context"] = self.models.encode_text(negative_prompt).astype(self.np_dtype)
         timings["text_encoder"] = time.perf_counter() - t
         return tensors
@@ -155,7 +165,7 @@ class EdgeClient:
     def txt2img(self, prompt, negative_prompt=None, seed=None, steps=20, guidance_scale=7.5,
                 scheduler="ddim") -> EdgeResult:
         timings = {}
-        tensors = self._common(prompt, negative_prompt, timings)
+        tensors = self._common(prompt, negative_prompt, guidance_scale, timings)
         params = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler,
                       dtype=np.dtype(self.np_dtype).name)
         images, seeds, parameters, sent, received = self._finish(tensors, params, timings)
@@ -172,7 +182,7 @@ class EdgeClient:
         if self.models.manifest["diffusion"].get("unet_in_channels", 4) != 4:
             raise EdgeError("this model has a 9-channel inpainting UNet; this client sends latent-blend inputs only")
         timings = {}
-        tensors = self._common(prompt, negative_prompt, timings)
+        tensors = self._common(prompt, negative_prompt, guidance_scale, timings)
         t = time.perf_counter()
         tensors["image_latents"] = self.models.encode_image(image).astype(self.np_dtype)
         timings["image_encoder"] = time.perf_counter() - t

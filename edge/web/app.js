@@ -4,6 +4,7 @@
 import { selectBackend, ORDER } from "./backend.js";
 import { loadManifest, loadModel, run } from "./models.js";
 import { CLIPTokenizer } from "./tokenizer.js";
+import { usesUnconditional } from "./guidance.js";
 import { pasteBack, repaintMask } from "./imaging.js";
 import * as wire from "./wire.js";
 
@@ -145,7 +146,9 @@ async function generate() {
     let t = performance.now();
     const ctx = await encodeText(s.prompt);
     const tensors = { context: tensorMsg(ctx.values, ctx.shape, s.dtype) };
-    if (s.negative) { // without one the server uses the model's own empty-prompt context
+    // without a negative prompt the server uses the model's own empty-prompt context; with
+    // guidance off (<= 1) or an LCM UNet it reads no unconditional context at all
+    if (s.negative && usesUnconditional(s.guidance, state.manifest)) {
       const un = await encodeText(s.negative);
       tensors.unconditional_context = tensorMsg(un.values, un.shape, s.dtype);
     }
@@ -279,7 +282,8 @@ async function main() {
     state.manifest = await loadManifest(EXPORTS);
     const m = state.manifest;
     $("model").textContent = `${m.model.version}: ${m.image.width}×${m.image.height} px, latent `
-      + `${m.latent.height}×${m.latent.width}×${m.latent.channels}, context ${m.context.length}×${m.context.dim}`;
+      + `${m.latent.height}×${m.latent.width}×${m.latent.channels}, context ${m.context.length}×${m.context.dim}`
+      + (m.model.model_family ? `, ${m.model.model_family} ${m.model.prediction_type}, clip skip ${m.model.clip_skip}` : "");
     const tokDir = new URL(m.tokenizer.tfjs_files.vocab.replace(/vocab\.json$/, ""), EXPORTS);
     state.tokenizer = await CLIPTokenizer.load(tokDir.href);
     for (const s of m.schedulers) $("scheduler").add(new Option(s, s, s === m.default_scheduler, s === m.default_scheduler));
