@@ -337,9 +337,25 @@ class StableDiffusionPipeline:
             "vae": self.components.vae_config.class_name,  # AutoencoderKL, or AutoencoderTiny (TAESD)
             # a component server loads only its stage's networks (load_components(parts=...))
             "loaded_networks": [n for n in PARTS if is_loaded(getattr(self.components, n))],
+            "loras": self.loaded_loras,  # {name: description}; models.chain checks request names against it
         }
 
-    def encode_prompts(self, prompts, check=None) -> Encoded:
+    # A request's own LoRA set (models.chain passes one): held for the stage call, then the
+    # previous set comes back for a Python caller; a server sets restore_loras = False, so the
+    # next request that asks for the same set (the common case) switches nothing.
+    restore_loras = True
+
+    def _lora_block(self, loras):
+        import contextlib
+
+        return contextlib.nullcontext() if loras is None else self.loras_applied(loras, restore=self.restore_loras)
+
+    def encode_prompts(self, prompts, check=None, loras=None) -> Encoded:
+        """`loras`: [(name, scale)] to encode with (None: the active set)."""
+        with self._lora_block(loras):
+            return self._encode_prompts(prompts, check)
+
+    def _encode_prompts(self, prompts, check=None) -> Encoded:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         limit = self.tokenizer.max_length - 2
         counts = [self.tokenizer.count_tokens(p, check=check) for p in prompts]
@@ -356,10 +372,28 @@ class StableDiffusionPipeline:
         pixels = to_float_image(images) if images.dtype == np.uint8 else images.astype(np.float32)
         return self.encode_image(pixels)
 
-    def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
-                scheduler=None, height=None, width=None, image_latents=None, mask=None, masked_image_latents=None,
-                strength=1.0, mask_blur=0.0, initial_latents=None, model=None, check=None,
-                callback=None) -> Diffused:
+    def diffuse(self, context, unconditional_context=None, *, loras=None, context_loras=None, **options) -> Diffused:
+        """The denoising loop (see _diffuse) with this request's LoRAs: `loras` the UNet set,
+        `context_loras` the text-encoder LoRAs the contexts were encoded with; both None: the
+        active set. models.chain.check_context_loras refuses a context made without a
+        text-encoder LoRA the request asks for."""
+        if loras is None and context_loras is None:
+            return self._diffuse(context, unconditional_context, **options)
+        from .checkpoints.assemble import is_loaded
+
+        applied = chain.check_context_loras(loras, context_loras, self.loaded_loras,
+                                            has_unconditional=unconditional_context is not None,
+                                            hosts_text_encoder=is_loaded(self.text_encoder))
+        with self._lora_block(applied):
+            gen = self._diffuse(context, unconditional_context, **options)
+        if applied:
+            gen.parameters["loras"] = [[n, s] for n, s in applied]
+        return gen
+
+    def _diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
+                 scheduler=None, height=None, width=None, image_latents=None, mask=None, masked_image_latents=None,
+                 strength=1.0, mask_blur=0.0, initial_latents=None, model=None, check=None,
+                 callback=None) -> Diffused:
         """The denoising loop from text contexts (and, for img2img and inpainting, the image
         latents and the pixel mask, read by models.masks' rule). `unconditional_context` None:
         the empty prompt's context. `initial_latents` replace the seeded starting noise."""

@@ -43,16 +43,20 @@ class Stages(Protocol):
         """Facts the chain needs: "size_multiple", "default_size" (pixels), "inpainting_unet"
         (a 9-channel UNet that takes masked-image latents), "has_image_encoder"."""
 
-    def encode_prompts(self, prompts: list, check: Check = None) -> Encoded: ...
+    def encode_prompts(self, prompts: list, check: Check = None, loras=None) -> Encoded:
+        """`loras` [(name, scale)]: encode with these LoRAs (models.chain passes those that touch
+        the text encoder; the keyword is only passed when a request has a set, None otherwise)."""
 
     def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
                 scheduler=None, height=None, width=None, image_latents=None, mask=None,
                 masked_image_latents=None, strength=1.0, mask_blur=0.0, initial_latents=None, model=None,
-                check: Check = None, callback=None) -> Diffused:
+                check: Check = None, callback=None, loras=None, context_loras=None) -> Diffused:
         """`unconditional_context` None: the model's own empty-prompt context. `mask` [H, W] at
         pixel resolution, read by models.masks.repaint_mask. `initial_latents` replace the seeded
         starting noise (stages that draw their own, such as a remote server, refuse them).
-        `model`: a diffusion model by name, for stages that host several (None: the base model)."""
+        `model`: a diffusion model by name, for stages that host several (None: the base model).
+        `loras`: the request's UNet LoRAs; `context_loras`: the text-encoder LoRAs the contexts
+        were encoded with (models.chain.check_context_loras; both only passed with a set)."""
 
     def decode(self, latents, check: Check = None) -> np.ndarray:
         """latents [B, h, w, C] -> uint8 [B, H, W, 3]."""

@@ -21,6 +21,9 @@ def parse_args(argv=None):
     p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
     p.add_argument("--models-dir", default=None, help="folder of fine-tuned diffusion models to offer")
+    p.add_argument("--loras-dir", default=None, help="folder of .safetensors LoRAs: each is checked against the "
+                   "base at start (a file that does not fit stops the server, named) and selectable per request "
+                   "(loras: [{name, scale}] or <lora:name:scale> in the prompt)")
     p.add_argument("--component", default="all", choices=["all", "text_encoder", "diffusion", "decoder"])
     p.add_argument("--text-encoder-url", default=None)
     p.add_argument("--diffusion-url", default=None)
@@ -53,7 +56,8 @@ def config_from_args(args):
     limits = Limits.from_env(concurrency=args.concurrency, queue_size=args.queue_size, timeout_s=args.timeout,
                              max_body_bytes=int(args.max_body_mb * 2**20) if args.max_body_mb else None,
                              max_steps=args.max_steps, max_batch=args.max_batch, max_side=args.max_side)
-    return Config(model=args.model, unet=args.unet, models_dir=args.models_dir, component=args.component,
+    return Config(model=args.model, unet=args.unet, models_dir=args.models_dir, loras_dir=args.loras_dir,
+                  component=args.component,
                   text_encoder_url=args.text_encoder_url, diffusion_url=args.diffusion_url,
                   decoder_url=args.decoder_url, exports=args.exports, edge_dir=args.edge_dir, ui=not args.no_ui,
                   token=token_from_env(args.token_env) or "",

@@ -1,5 +1,6 @@
 """The model side of a server: the four stages (models.stages.Stages) on a local pipeline,
-behind one lock, and the models directory (fine-tuned diffusion models to swap in).
+behind one lock, the models directory (fine-tuned diffusion models to swap in) and the LoRAs
+directory (every .safetensors LoRA in it, loaded and checked at start, applied per request).
 
 models.chain runs requests over these stages; a three-endpoint front end runs the same chain
 over remote stages (webapp.split_client.RemoteEngine), which is why both deployments give the
@@ -19,6 +20,10 @@ from models.stages import Diffused, Encoded
 from .errors import ApiError
 
 UNET_FILE_EXTS = (".safetensors", ".h5")
+LORA_FILE_EXT = ".safetensors"
+# what GET /api/v1/models says about each LoRA (never its path on the server)
+LORA_FIELDS = ("name", "size_bytes", "networks", "base", "formats", "modules", "modules_per_network", "ranks",
+               "skipped_modules")
 log = logging.getLogger("webapp")
 
 
@@ -67,18 +72,66 @@ def find_unets(models_dir: str | None) -> dict:
     return found
 
 
+def find_loras(loras_dir: str) -> dict:
+    """{name (the file stem, as <lora:name> writes it): path} of the .safetensors files in the folder."""
+    if not os.path.isdir(loras_dir):
+        raise FileNotFoundError(f"--loras-dir {loras_dir}: no such folder")
+    found = {}
+    for entry in sorted(os.listdir(loras_dir)):
+        path = os.path.join(loras_dir, entry)
+        if entry.startswith(".") or not entry.endswith(LORA_FILE_EXT) or not os.path.isfile(path):
+            continue
+        found[entry[:-len(LORA_FILE_EXT)]] = path
+    return found
+
+
+def lora_listing(description: dict) -> dict:
+    """One LoRA as GET /api/v1/models lists it: name, size in bytes, the networks it touches,
+    the base it fits, and whether the edge parts (the exported text encoder and decoder) stay
+    valid with it: a LoRA that changes the text encoder makes an edge text encoder's contexts
+    wrong for it, so a hybrid client must have such prompts encoded by a server."""
+    out = {k: description.get(k) for k in LORA_FIELDS}
+    networks = list(description.get("networks") or ())
+    out["edge_parts_valid"] = "text_encoder" not in networks and set(networks) <= {"unet"}
+    out["needs_server_text_encoder"] = "text_encoder" in networks
+    return out
+
+
 class LocalEngine:
-    """All four stages on one in-process pipeline. Thread-safe: one model run at a time."""
+    """All four stages on one in-process pipeline. Thread-safe: one model run at a time, and
+    each prompt encoding and denoising loop runs inside `pipe.loras_applied(its request's set)`
+    (the base model, [], when the request names none), so requests never see each other's LoRAs."""
 
     remote = False
 
-    def __init__(self, pipe, *, base_name: str | None = None, models_dir: str | None = None):
+    def __init__(self, pipe, *, base_name: str | None = None, models_dir: str | None = None,
+                 loras_dir: str | None = None):
         self.pipe = pipe
         self.base_name = base_name or pipe.components.name
         self.models_dir = models_dir
         self.current = self.base_name
         self._unets = {self.base_name: pipe.unet}
         self.lock = threading.RLock()
+        pipe.restore_loras = False  # a request's set stays until one asks for another: repeats cost nothing
+        if loras_dir:
+            self.load_loras_dir(loras_dir)
+
+    # -- LoRAs ---------------------------------------------------------------------------
+    def load_loras_dir(self, loras_dir: str) -> list:
+        """Load (not activate) every .safetensors LoRA in the folder, each checked strictly
+        against this base: a file that does not fit is a start-up error naming it, not a
+        request-time surprise. Returns the names."""
+        names = []
+        for name, path in find_loras(loras_dir).items():
+            try:
+                names.append(self.pipe.load_lora(path, name=name, activate=False))
+            except Exception as e:
+                raise ValueError(f"--loras-dir: the LoRA {path} cannot be used with the model "
+                                 f"{self.base_name!r}: {type(e).__name__}: {e}") from e
+        return names
+
+    def lora_names(self) -> list:
+        return sorted(self.pipe.loaded_loras)
 
     # -- models --------------------------------------------------------------------------
     def model_names(self) -> list:
@@ -115,22 +168,29 @@ class LocalEngine:
             self.current = name
 
     def info(self) -> dict:
-        return {"base_model": self.base_name, "current": self.current, "models": self.model_names(),
+        info = {"base_model": self.base_name, "current": self.current, "models": self.model_names(),
                 "fine_tuned": [n for n in self.model_names() if n != self.base_name], **self.pipe.info()}
+        # each was checked against this base when loaded: "fits" names it ("base" is the file's own guess)
+        info["loras"] = {n: {**lora_listing(d), "fits": self.base_name} for n, d in sorted(info.get("loras", {}).items())}
+        return info
 
     def count_tokens(self, text: str) -> int:
         return self.pipe.tokenizer.count_tokens(text)
 
     # -- the four stages (models.stages.Stages), one model run at a time ---------------------
-    def encode_prompts(self, prompts: list, check=None) -> Encoded:
+    def encode_prompts(self, prompts: list, check=None, loras=None) -> Encoded:
+        """`loras`: the request's [(name, scale)] (None: none, the base text encoder)."""
         with self.lock:
-            return self.pipe.encode_prompts(list(prompts), check=check)
+            return self.pipe.encode_prompts(list(prompts), check=check, loras=list(loras or ()))
 
-    def diffuse(self, context, unconditional_context=None, *, model=None, **options) -> Diffused:
-        """As the pipeline's, on the named diffusion model of the models folder (None: the base)."""
+    def diffuse(self, context, unconditional_context=None, *, model=None, loras=None, context_loras=None,
+                **options) -> Diffused:
+        """As the pipeline's, on the named diffusion model of the models folder (None: the base),
+        with the request's UNet LoRAs (None: none) after the pipeline checked `context_loras`."""
         with self.lock:
             self.use_model(model or self.base_name)
-            gen = self.pipe.diffuse(context, unconditional_context, **options)
+            gen = self.pipe.diffuse(context, unconditional_context, loras=list(loras or ()),
+                                    context_loras=list(context_loras or ()), **options)
         gen.parameters["model"] = self.current
         return gen
 

@@ -34,6 +34,7 @@ class Config:
     model: str = "tiny"
     unet: str | None = None
     models_dir: str | None = None
+    loras_dir: str | None = None  # every .safetensors LoRA there, checked at start, selectable per request
     component: str = "all"
     text_encoder_url: str | None = None
     diffusion_url: str | None = None
@@ -61,6 +62,8 @@ class Server:
         if config.component not in COMPONENTS:
             raise ValueError(f"--component must be one of {COMPONENTS}, got {config.component!r}")
         self.engine = engine or self._make_engine()
+        if engine is not None and config.loras_dir:
+            engine.load_loras_dir(config.loras_dir)
         self.gate = Gate(self.limits)
         token = config.token if config.token is not None else auth.token_from_env()
         self.token = token or None
@@ -80,6 +83,9 @@ class Server:
             missing = [n for n in ("text_encoder_url", "diffusion_url", "decoder_url") if not getattr(c, n)]
             if missing:
                 raise ValueError(f"a front end needs all three stage URLs; missing {missing}")
+            if c.loras_dir:
+                raise ValueError("a front end runs no network, so --loras-dir belongs on its text-encoder and "
+                                 "diffusion servers (it lists and forwards their LoRAs)")
             from .split_client import RemoteEngine
 
             return RemoteEngine(c.text_encoder_url, c.diffusion_url, c.decoder_url, token=auth.token_from_env(),
@@ -90,7 +96,7 @@ class Server:
 
         pipe = load_pipeline(c.model, unet=c.unet, parts=NETWORKS[c.component])
         name = os.path.basename(os.path.normpath(c.model)) if c.model != "tiny" else "tiny"
-        return LocalEngine(pipe, base_name=name, models_dir=c.models_dir)
+        return LocalEngine(pipe, base_name=name, models_dir=c.models_dir, loras_dir=c.loras_dir)
 
     def exports_manifest(self) -> str | None:
         d = self.exports_dir()

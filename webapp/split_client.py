@@ -144,9 +144,18 @@ class RemoteEngine:
             raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {self.model_names()}")
 
     # -- the four stages (models.stages.Stages) over HTTP ---------------------------------
-    def encode_prompts(self, prompts, check=None) -> Encoded:
-        r = self._post("text_encoder", "/api/v1/encode", json_body={"prompts": list(prompts), "dtype": self.dtype},
-                       check=check)
+    # LoRAs travel to the stage that needs them: models.chain hands encode_prompts the set that
+    # touches the text encoder and diffuse the set that touches the UNet plus context_loras
+    # (what the contexts were encoded with), which the diffusion server checks.
+    @staticmethod
+    def _lora_json(loras):
+        return [{"name": n, "scale": float(s)} for n, s in loras or ()]
+
+    def encode_prompts(self, prompts, check=None, loras=None) -> Encoded:
+        body = {"prompts": list(prompts), "dtype": self.dtype}
+        if loras:
+            body["loras"] = self._lora_json(loras)
+        r = self._post("text_encoder", "/api/v1/encode", json_body=body, check=check)
         tensors, meta = wire.decode(r.content)
         return Encoded(tensors["context"].astype(np.float32), json.loads(meta["token_counts"]),
                        json.loads(meta["truncated"]))
@@ -154,7 +163,7 @@ class RemoteEngine:
     def diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
                 scheduler=None, height=None, width=None, image_latents=None, mask=None,
                 masked_image_latents=None, strength=1.0, mask_blur=0.0, initial_latents=None, model=None,
-                check=None, callback=None) -> Diffused:
+                check=None, callback=None, loras=None, context_loras=None) -> Diffused:
         if initial_latents is not None:
             raise InvalidInput("a remote diffusion server draws its own starting noise from the seed; "
                                "initial latents cannot be sent", "unsupported")
@@ -172,6 +181,9 @@ class RemoteEngine:
         for k, v in (("seed", seed), ("scheduler", scheduler), ("height", height), ("width", width), ("model", model)):
             if v is not None:
                 params[k] = v
+        for k, v in (("loras", loras), ("context_loras", context_loras)):
+            if v:
+                params[k] = json.dumps(self._lora_json(v))
         r = self._post("diffusion", "/api/v1/diffuse", params=params, content=wire.encode(tensors), check=check)
         out, meta = wire.decode(r.content)
         return Diffused(out["latents"].astype(np.float32), json.loads(meta["seeds"]), json.loads(meta["parameters"]))

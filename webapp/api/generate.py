@@ -16,7 +16,7 @@ from models.pipeline import MAX_SEED
 from ..errors import ApiError, error_responses
 from ..images import load_image, png_b64
 from .deps import hosting, model_for
-from .schemas import BINARY, MAX_GUIDANCE, ImagesResponse, Scheduler, Txt2ImgRequest
+from .schemas import BINARY, LORAS_TEXT_DOC, MAX_GUIDANCE, ImagesResponse, Scheduler, Txt2ImgRequest, loras_from_text
 
 router = APIRouter()
 
@@ -61,6 +61,15 @@ def check_generation(L, prompt, negative_prompt, guidance_scale, steps, batch_si
     L.check_batch(batch_size)
 
 
+def check_loras(server, prompt, negative_prompt, loras) -> list:
+    """The request's LoRAs by the chain's one rule (list + prompt tags), checked before the job
+    queues: an unknown name is 400 unknown_lora naming the available ones. Returns the list to
+    hand the chain ([] for none: a server request never inherits another's set)."""
+    loras = [] if loras is None else loras
+    chain.request_loras(prompt, negative_prompt, loras, server.engine.info().get("loras") or {})
+    return loras
+
+
 RESPONSES = {**error_responses(400, 401, 404, 406, 413, 422, 503)}
 
 
@@ -73,12 +82,13 @@ async def txt2img(req: Txt2ImgRequest, request: Request, server=Depends(hosting(
     server.limits.check_size(req.height, req.width)
     check_accept(request, req.batch_size)
     model = model_for(server, req.model)
+    loras = check_loras(server, req.prompt, req.negative_prompt, [r.model_dump() for r in req.loras])
 
     def work(job):
         return chain.txt2img(server.engine, req.prompt, req.negative_prompt, steps=req.steps,
                              guidance_scale=req.guidance_scale, seed=req.seed, scheduler=req.scheduler,
                              height=req.height, width=req.width, batch_size=req.batch_size, model=model,
-                             check=job.check)
+                             check=job.check, loras=loras)
 
     return images_response(server, await server.gate.run(work, request), request)
 
@@ -90,9 +100,11 @@ class GenerationForm:
                  negative_prompt: str = Form(""),
                  steps: int = Form(20, ge=1), guidance_scale: float = Form(7.5, ge=0, le=MAX_GUIDANCE),
                  seed: int | None = Form(None, ge=0, le=MAX_SEED), scheduler: Scheduler | None = Form(None),
-                 batch_size: int = Form(1, ge=1), model: str | None = Form(None, max_length=200)):
+                 batch_size: int = Form(1, ge=1), model: str | None = Form(None, max_length=200),
+                 loras: str = Form("", max_length=4096, description=LORAS_TEXT_DOC)):
         self.prompt, self.negative_prompt, self.steps, self.guidance_scale = prompt, negative_prompt, steps, guidance_scale
         self.seed, self.scheduler, self.batch_size, self.model = seed, scheduler, batch_size, model
+        self.loras = loras
 
     def check(self, server, request: Request) -> dict:
         """The limits, the Accept header and the model; the chain's keyword arguments."""
@@ -100,7 +112,8 @@ class GenerationForm:
                          self.batch_size)
         check_accept(request, self.batch_size)
         return dict(steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed, scheduler=self.scheduler,
-                    batch_size=self.batch_size, model=model_for(server, self.model))
+                    batch_size=self.batch_size, model=model_for(server, self.model),
+                    loras=check_loras(server, self.prompt, self.negative_prompt, loras_from_text(self.loras)))
 
 
 async def _upload(server, file: UploadFile, what: str, mode="RGB"):

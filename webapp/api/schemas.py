@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import json
+
+from models.chain import MAX_LORA_NAME, MAX_LORA_SCALE, MAX_LORAS
 from models.pipeline import MAX_SEED
 from models.schedulers import SCHEDULERS
 
@@ -40,10 +43,44 @@ def wire_response(description: str, extra: dict | None = None) -> dict:
     return {200: {"description": description, "content": content}}
 
 
+class LoraRef(BaseModel):
+    """One LoRA of a request, by its name in GET /api/v1/models -> loras."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1, max_length=MAX_LORA_NAME)
+    scale: float = Field(1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, allow_inf_nan=False)
+
+
+LORAS_DOC = (f"LoRAs for this request, at most {MAX_LORAS}: names from GET /api/v1/models -> loras. Merged with "
+             "the prompt's <lora:name:scale> tags: the list first, then the tags; a name given again takes the "
+             "later scale. None: the base model.")
+LORAS_TEXT_DOC = LORAS_DOC + ' Here a JSON text, e.g. [{"name": "ink", "scale": 0.8}].'
+
+
+def loras_from_text(text: str | None) -> list | None:
+    """A form field's or query parameter's JSON list of LoRAs (the chain checks its items);
+    empty or absent: None."""
+    from ..errors import ApiError
+
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ApiError(400, "bad_loras", f'loras must be a JSON list such as [{{"name": "ink", "scale": 0.8}}], '
+                       f"got {text[:80]!r}") from None
+    if not isinstance(value, list):
+        raise ApiError(400, "bad_loras", f"loras must be a JSON list of {{name, scale}}, got {type(value).__name__}")
+    return value
+
+
 class EncodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompts: list[str] = Field(..., min_length=1, description="the prompts to encode (one context each)")
+    prompts: list[str] = Field(..., min_length=1, description="the prompts to encode (one context each), "
+                               "without <lora:...> tags: LoRAs go in `loras`")
     dtype: Dtype = "float16"
+    loras: list[LoraRef] = Field([], max_length=MAX_LORAS, description="LoRAs to encode with; the answer's "
+                                 "metadata `loras` lists those that changed the text encoder, which /diffuse "
+                                 "takes as context_loras")
 
 
 class Txt2ImgRequest(BaseModel):
@@ -58,6 +95,7 @@ class Txt2ImgRequest(BaseModel):
     height: int | None = Field(None, ge=8)
     batch_size: int = Field(1, ge=1)
     model: str | None = Field(None, max_length=200, description="a name from GET /api/v1/models")
+    loras: list[LoraRef] = Field([], max_length=MAX_LORAS, description=LORAS_DOC)
 
 
 class ImageOut(BaseModel):

@@ -5,10 +5,14 @@ format (webapp.wire)."""
 
 from __future__ import annotations
 
+
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from models import chain
+from models.errors import InvalidInput
+from models.lora.prompt_tags import parse_lora_tags
 from models.pipeline import MAX_SEED
 
 from .. import wire
@@ -17,13 +21,15 @@ from ..images import load_image, png_b64
 from ..limits import read_body
 from . import tensors as T
 from .deps import hosting, model_for
-from .schemas import BINARY, MAX_GUIDANCE, WIRE_DOC, Dtype, EncodeRequest, Scheduler, wire_body, wire_response
+from .schemas import (BINARY, LORAS_TEXT_DOC, MAX_GUIDANCE, WIRE_DOC, Dtype, EncodeRequest, Scheduler,
+                      loras_from_text, wire_body, wire_response)
 
 router = APIRouter()
 
 
 @router.post("/encode", summary="Prompts -> text contexts (binary)", responses={
-    **wire_response("tensor `context` [B, 77, D]; metadata token_counts and truncated (JSON lists)"),
+    **wire_response("tensor `context` [B, 77, D]; metadata token_counts and truncated (JSON lists), loras "
+                    "(JSON [[name, scale]]: the LoRAs that changed the text encoder; /diffuse's context_loras)"),
     **error_responses(400, 401, 404, 413, 422, 503)}, response_class=Response, description=WIRE_DOC)
 async def encode(req: EncodeRequest, request: Request, server=Depends(hosting("text_encoder"))):
     L = server.limits
@@ -31,9 +37,16 @@ async def encode(req: EncodeRequest, request: Request, server=Depends(hosting("t
         raise ApiError(400, "too_many_prompts", f"{len(req.prompts)} prompts; the limit is {L.max_prompts}")
     for p in req.prompts:
         L.check_prompt(p)
-    enc = await server.gate.run(lambda job: server.engine.encode_prompts(req.prompts, check=job.check), request)
+        if parse_lora_tags(p)[1]:
+            raise InvalidInput("the encode stage takes prompts without <lora:...> tags: take them out and send "
+                               "the LoRAs as `loras`", "bad_lora_tag")
+    available = server.engine.info().get("loras") or {}
+    loras = chain.checked_loras([r.model_dump() for r in req.loras], available)
+    te, _ = chain.split_loras(loras, available)
+    enc = await server.gate.run(lambda job: server.engine.encode_prompts(req.prompts, check=job.check, loras=loras),
+                                request)
     body = wire.encode({"context": enc.context.astype(req.dtype)},
-                       {"token_counts": enc.token_counts, "truncated": enc.truncated})
+                       {"token_counts": enc.token_counts, "truncated": enc.truncated, "loras": te})
     return Response(body, media_type=wire.MEDIA_TYPE)
 
 
@@ -62,14 +75,29 @@ async def diffuse(request: Request,
                                              "at most the server's max_side"),
                   width: int | None = Query(None, ge=8),
                   model: str | None = Query(None, max_length=200),
+                  loras: str | None = Query(None, max_length=4096, description=LORAS_TEXT_DOC + " The UNet "
+                                            "LoRAs; one that also changes the text encoder must be in "
+                                            "context_loras at the same scale (else 409 "
+                                            "lora_needs_server_text_encoder)"),
+                  context_loras: str | None = Query(None, max_length=4096, description="JSON list: the LoRAs "
+                                                    "the contexts were encoded with (/encode's metadata `loras`)"),
                   server=Depends(hosting("diffusion"))):
     L = server.limits
     L.check_steps(steps)  # the same limits, codes and statuses as txt2img and inpaint
     L.check_size(height, width)
     L.check_guidance(guidance_scale)
     model = model_for(server, model)
+    info = server.engine.info()
+    available = info.get("loras") or {}
+    loras, context_loras = (chain.checked_loras(loras_from_text(v), available) for v in (loras, context_loras))
     sent = T.read_tensors(await read_body(request, L.max_body_bytes), request)
-    t = T.diffuse_inputs(sent, server.engine.info(), L)
+    t = T.diffuse_inputs(sent, info, L)
+    try:  # before the queue: a context made without a text-encoder LoRA is refused at once
+        chain.check_context_loras(loras, context_loras, available,
+                                  has_unconditional="unconditional_context" in t,
+                                  hosts_text_encoder="text_encoder" in (info.get("loaded_networks") or ()))
+    except InvalidInput as e:
+        raise ApiError(409, e.code, e.message) from None
     out_dtype = dtype or ("float16" if sent["context"].dtype == np.float16 else "float32")  # answer in kind
 
     def work(job):
@@ -77,7 +105,8 @@ async def diffuse(request: Request,
                                      guidance_scale=guidance_scale, scheduler=scheduler, height=height,
                                      width=width, image_latents=t.get("image_latents"), mask=t.get("mask"),
                                      masked_image_latents=t.get("masked_image_latents"), strength=strength,
-                                     mask_blur=mask_blur, model=model, check=job.check)
+                                     mask_blur=mask_blur, model=model, check=job.check, loras=loras,
+                                     context_loras=context_loras)
 
     gen = await server.gate.run(work, request)
     seeds = [int(s) for s in gen.seeds]
