@@ -33,24 +33,27 @@ def _strong(sd):
 
 
 @pytest.fixture(scope="module")
-def loras_dir(tmp_path_factory):
+def base_pipe():
     from models import load_pipeline
 
-    pipe = load_pipeline("tiny")
+    return load_pipeline("tiny")
+
+
+@pytest.fixture(scope="module")
+def loras_dir(base_pipe, tmp_path_factory):
     d = tmp_path_factory.mktemp("loras")
-    save(_strong(kohya(pipe, UNET, seed=1, rank=4)), d / "ink.safetensors")
-    save(_strong(kohya(pipe, TEXT, seed=2, rank=4)), d / "word.safetensors")
-    save(_strong(kohya(pipe, UNET + TEXT, seed=3, rank=2)), d / "both.safetensors")
+    save(_strong(kohya(base_pipe, UNET, seed=1, rank=4)), d / "ink.safetensors")
+    save(_strong(kohya(base_pipe, TEXT, seed=2, rank=4)), d / "word.safetensors")
+    save(_strong(kohya(base_pipe, UNET + TEXT, seed=3, rank=2)), d / "both.safetensors")
     (d / "notes.txt").write_text("not a LoRA: ignored")
     return str(d)
 
 
 @pytest.fixture(scope="module")
-def engine(loras_dir):
-    from models import load_pipeline
+def engine(base_pipe, loras_dir):
     from webapp.engine import LocalEngine
 
-    return LocalEngine(load_pipeline("tiny"), base_name="tiny", loras_dir=loras_dir)
+    return LocalEngine(base_pipe, base_name="tiny", loras_dir=loras_dir)
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +142,15 @@ def test_models_lists_each_lora(client, loras_dir):
     assert loras["both"]["networks"] == ["text_encoder", "unet"] and loras["both"]["needs_server_text_encoder"]
 
 
-def test_a_bad_file_stops_the_start_naming_it(tmp_path, capsys):
+def test_a_bad_file_stops_the_start_naming_it(engine, tmp_path, capsys, monkeypatch):
+    """python -m webapp --loras-dir with a file that does not fit: exit 2, the file named, and
+    nothing loaded (the model is the module's, handed to the server factory to skip a reload)."""
+    import models
+
     from webapp.__main__ import main
 
+    monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: engine.pipe)
+    before = sorted(engine.pipe.loaded_loras)
     save({"lora_unet_no_such_module.lora_down.weight": np.zeros((2, 4), np.float32),
           "lora_unet_no_such_module.lora_up.weight": np.zeros((4, 2), np.float32)}, tmp_path / "broken.safetensors")
     assert main(["--loras-dir", str(tmp_path), "--no-ui", "--port", "1"]) == 2
@@ -149,6 +158,7 @@ def test_a_bad_file_stops_the_start_naming_it(tmp_path, capsys):
     assert "broken.safetensors" in err and "no_such_module" in err and "tiny" in err
     assert main(["--loras-dir", str(tmp_path / "missing"), "--no-ui", "--port", "1"]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert sorted(engine.pipe.loaded_loras) == before and engine.pipe.restore_loras is False
 
 
 # -- per request ---------------------------------------------------------------------------------
@@ -314,9 +324,10 @@ def test_the_server_encode_fallback_gives_the_all_in_one_image(client, engine):
 
 
 @pytest.fixture(scope="module")
-def three_endpoints(loras_dir):
-    """Three component servers (each loading only its networks, each with --loras-dir) on
-    loopback threads, and a front end over them."""
+def three_endpoints(base_pipe, loras_dir):
+    """Three component servers on loopback threads, each with --loras-dir, and a front end over
+    them. The diffusion server loads only the UNet (so it cannot encode the empty prompt with a
+    text-encoder LoRA); the other two share the module's pipeline to save loading time."""
     import contextlib
 
     from fastapi.testclient import TestClient
@@ -328,8 +339,11 @@ def three_endpoints(loras_dir):
     with contextlib.ExitStack() as stack:
         urls = {}
         for component in ("text_encoder", "diffusion", "decoder"):
-            pipe = load_pipeline("tiny", parts=NETWORKS[component])
-            eng = LocalEngine(pipe, base_name="tiny", loras_dir=loras_dir if component != "decoder" else None)
+            if component == "diffusion":
+                eng = LocalEngine(load_pipeline("tiny", parts=NETWORKS[component]), base_name="tiny",
+                                  loras_dir=loras_dir)
+            else:  # LoRAs already loaded in the shared pipeline (the text encoder server applies them)
+                eng = LocalEngine(base_pipe, base_name="tiny")
             urls[component] = stack.enter_context(serve(make_app(eng, token="", component=component)))
         front = make_app(None, token="", text_encoder_url=urls["text_encoder"], diffusion_url=urls["diffusion"],
                          decoder_url=urls["decoder"])
