@@ -100,9 +100,21 @@ class StableDiffusionPipeline:
         self._clip_skip = 1
         if clip_skip != 1:
             self.clip_skip = clip_skip
-        self._decode = tf.function(
-            lambda z: self.decoder(z / self.scaling_factor, training=False), reduce_retracing=True
-        )
+        self._traced = {}  # network name -> its compiled call (dropped when the network is swapped)
+
+    def _compiled(self, name):
+        """The network's compiled call, traced once per input signature: every public primitive
+        runs a graph, never op by op (an eager UNet call at SD v1 size is 1.5x the graph's time).
+        A trace holds the network it was made with, so swap_unet / swap_vae drop theirs."""
+        if name not in self._traced:
+            network = getattr(self, name)
+            self._traced[name] = tf.function(lambda *x: network(list(x) if len(x) > 1 else x[0], training=False),
+                                             reduce_retracing=True, jit_compile=self.jit_compile or None)
+        return self._traced[name]
+
+    @property
+    def _decode(self):
+        return lambda z: self._compiled("decoder")(z / self.scaling_factor)
 
     @staticmethod
     def _choose_batching(choice, components):
@@ -161,6 +173,7 @@ class StableDiffusionPipeline:
         self._loras.replace_network("unet", unet)  # the old UNet gets its base back; active LoRAs move over
         self.unet = self.components.unet = unet
         self._loops.clear()
+        self._traced.pop("unet", None)
 
     def swap_vae(self, encoder, decoder, config):
         """Replace the VAE (an AutoencoderKL such as vae-ft-mse, or TAESD; models.checkpoints.
@@ -174,9 +187,8 @@ class StableDiffusionPipeline:
                 f"this model's UNet needs {old.latent_channels} channels at 1/{old.downsample_factor}")
         self.components.encoder, self.components.decoder, self.components.vae_config = encoder, decoder, config
         self.encoder, self.decoder = encoder, decoder
-        self._decode = tf.function(  # a new trace: the old one holds the old decoder
-            lambda z: self.decoder(z / self.scaling_factor, training=False), reduce_retracing=True
-        )
+        self._traced.pop("encoder", None)  # the old traces hold the old VAE
+        self._traced.pop("decoder", None)
 
     # -- LoRAs (models/lora: merged into the weights, restored bit for bit) ---------------
     def load_lora(self, path, scale: float = 1.0, name: str | None = None, *, activate: bool = True,
@@ -257,7 +269,7 @@ class StableDiffusionPipeline:
                 raise InvalidInput("this LCM-distilled UNet takes the guidance scale: pass guidance_scale")
             inputs.append(np.asarray(guidance_embedding(np.full([latents.shape[0]], guidance_scale - 1.0, np.float32),
                                                         dim)))
-        return self.unet(inputs, training=False).numpy()
+        return self._compiled("unet")(*[tf.constant(x) for x in inputs]).numpy()
 
     def decode_latents(self, latents) -> np.ndarray:
         _require(self.decoder)
@@ -267,9 +279,10 @@ class StableDiffusionPipeline:
         """Images float32 [B, H, W, 3] in [-1, 1] -> posterior mean (or a sample) * scaling."""
         if self.encoder is None:
             raise InvalidInput("this model has no VAE encoder, so img2img and inpainting are unavailable", "no_image_encoder")
+        encoded = self._compiled("encoder")(tf.constant(np.asarray(images, np.float32)))
         if getattr(self.encoder, "outputs_latents", False):  # TAESD: deterministic, no posterior
-            return (self.encoder(np.asarray(images, np.float32), training=False) * self.scaling_factor).numpy()
-        mean, logvar = split_moments(self.encoder(np.asarray(images, np.float32), training=False))
+            return (encoded * self.scaling_factor).numpy()
+        mean, logvar = split_moments(encoded)
         if sample:
             noise = tf.random.stateless_normal(tf.shape(mean), seed=[seed, 7])
             mean = mean + tf.exp(0.5 * logvar) * noise

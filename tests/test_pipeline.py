@@ -147,6 +147,33 @@ def test_primitives_shapes(tiny_pipeline):
     assert tiny_pipeline.encode_image(img).shape == (2, 8, 8, 4)
 
 
+def test_primitives_run_compiled_and_follow_swaps(rng):
+    """predict_noise / decode_latents / encode_image are graphs traced once per shape (not eager
+    calls), equal to the networks' eager outputs, and a swapped network is the one that runs."""
+    import tensorflow as tf
+
+    pipe = StableDiffusionPipeline(random_components(seed=5))
+    lat = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    ctx = pipe.encode_text(["a", "b"])
+    t = np.full([2], 500.0, np.float32)
+    eager = pipe.unet([lat, t, ctx], training=False).numpy()
+    np.testing.assert_allclose(pipe.predict_noise(lat, 500, ctx), eager, rtol=1e-4, atol=1e-5)
+    pipe.predict_noise(lat, 400, ctx)
+    unet_fn = pipe._compiled("unet")
+    assert isinstance(unet_fn, tf.types.experimental.PolymorphicFunction)
+    assert unet_fn.experimental_get_tracing_count() == 1  # a new timestep is no new trace
+    pixels = pipe.decode_latents(lat)
+    assert pipe._compiled("decoder").experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(pipe.encode_image(pixels), pipe.encode_image(pixels), rtol=0)
+    other = random_components(seed=6)
+    pipe.swap_unet(other.unet)
+    np.testing.assert_allclose(pipe.predict_noise(lat, 500, ctx), other.unet([lat, t, ctx], training=False).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    pipe.swap_vae(other.encoder, other.decoder, other.vae_config)
+    expected = other.decoder(lat / pipe.scaling_factor, training=False).numpy()
+    np.testing.assert_allclose(pipe.decode_latents(lat), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
