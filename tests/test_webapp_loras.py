@@ -382,3 +382,92 @@ def test_a_diffusion_only_server_needs_the_unconditional_context_too(three_endpo
     assert "no text encoder" in r.json()["error"]["message"]
     r = httpx.post(urls["diffusion"] + "/api/v1/encode", json={"prompts": [PROMPT]})
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_hosted"
+
+
+# -- the UI: the picker, the handlers, gradio_client --------------------------------------------
+
+@pytest.fixture(scope="module")
+def ui(engine):
+    from gradio_client import Client
+
+    with serve(make_app(engine, ui=True, token="")) as url:
+        yield Client(url + "/", verbose=False), url
+
+
+def _gallery_pixels(gallery):
+    from PIL import Image
+
+    item = gallery[0]["image"]
+    return np.asarray(Image.open(item if isinstance(item, str) else item["path"]))
+
+
+def test_the_picker_lists_the_loras_and_its_weights_reach_the_chain(ui, engine, singles):
+    from models.png_info import read_parameters
+
+    client, url = ui
+    _, images = singles
+    rows = {"headers": ["LoRA", "weight", "changes"],
+            "data": [["both", 0.7, "UNet + text encoder"], ["ink", 0.0, "UNet"], ["word", 0.0, "text encoder"]]}
+    gallery, status, info = client.predict(prompt=PROMPT, steps=STEPS, seed=7, loras=rows, api_name="/txt2img")
+    assert not differs(_gallery_pixels(gallery), images["both"][0]), status
+    assert info["parameters"]["loras"] == [["both", 0.7]]
+    item = gallery[0]["image"]
+    assert read_parameters(item if isinstance(item, str) else item["path"])["prompt"] == PROMPT + " <lora:both:0.7>"
+    gallery, _, info = client.predict(prompt=PROMPT, steps=STEPS, seed=7, api_name="/txt2img")  # default: none
+    assert not differs(_gallery_pixels(gallery), images["base"][0]) and "loras" not in info["parameters"]
+    gallery, _, _ = client.predict(prompt=f"<lora:ink:0.5> {PROMPT}", steps=STEPS, seed=7,
+                                   loras={"headers": rows["headers"], "data": [["word", 1.0, ""]]}, api_name="/txt2img")
+    assert not differs(_gallery_pixels(gallery), images["ink+word"][0])  # picker + tag, one rule
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="unknown LoRA 'nope'"):
+        client.predict(prompt=PROMPT + " <lora:nope>", steps=STEPS, api_name="/txt2img")
+    with pytest.raises(AppError, match="not a number"):
+        client.predict(prompt=PROMPT, steps=STEPS, loras={"headers": rows["headers"], "data": [["ink", "x", ""]]},
+                       api_name="/txt2img")
+    page = __import__("httpx").get(url + "/config").json()
+    frames = [c for c in page["components"] if c.get("props", {}).get("elem_id") in ("loras", "img2img-loras",
+                                                                                       "inpaint-loras")]
+    assert len(frames) == 3 and all([r[0] for r in c["props"]["value"]["data"]] == ["both", "ink", "word"]
+                                    for c in frames)
+
+
+def test_the_picker_is_hidden_without_loras():
+    from webapp.ui import UIHandlers
+
+    server = type("S", (), {})()
+    server.engine = type("E", (), {"info": lambda self: {"default_size": 64, "size_multiple": 32,
+                                                         "base_model": "tiny", "loras": {}}})()
+    server.limits = None
+    h = UIHandlers(server)
+    assert h.lora_rows() == [] and h.picked_loras(None) is None and h.picked_loras([["", None, ""]]) is None
+    assert h.picked_loras({"data": [["ink", "0.5", "UNet"], ["word", 0, ""]]}) == [("ink", 0.5)]
+    with pytest.raises(InvalidInput) as e:
+        h.picked_loras("ink:1")
+    assert e.value.code == "bad_loras"
+
+
+def test_img2img_and_inpaint_tabs_take_the_picker(ui, engine, tmp_path):
+    from gradio_client import handle_file
+
+    from tests.webapp_helpers import png
+
+    client, _ = ui
+    start = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3))
+    path = str(tmp_path / "start.png")
+    with open(path, "wb") as f:
+        f.write(png(start))
+    rows = {"headers": ["LoRA", "weight", "changes"], "data": [["both", 1.0, ""]]}
+    want = chain.img2img(engine, PROMPT, start, steps=STEPS, seed=5, loras=[("both", 1.0)]).images[0]
+    gallery, _, info = client.predict(handle_file(path), PROMPT, steps=STEPS, seed=5, loras=rows, api_name="/img2img")
+    assert info["parameters"]["loras"] == [["both", 1.0]] and not differs(_gallery_pixels(gallery), want)
+    mask = np.zeros((64, 64, 4), np.uint8)
+    mask[8:40, 8:40] = 255
+    editor = {"background": handle_file(path), "layers": [], "composite": None}
+    want = chain.inpaint(engine, PROMPT, start, mask[..., 3], steps=STEPS, seed=5, mask_blur=4,
+                         loras=[("both", 1.0)]).images[0]
+    with open(tmp_path / "mask.png", "wb") as f:
+        f.write(png(mask[..., 3]))
+    gallery, _, info = client.predict(editor, handle_file(str(tmp_path / "mask.png")), PROMPT, steps=STEPS, seed=5,
+                                      loras=rows, api_name="/inpaint")
+    assert info["parameters"]["loras"] == [["both", 1.0]] and not differs(_gallery_pixels(gallery), want)

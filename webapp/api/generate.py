@@ -64,10 +64,10 @@ def check_generation(L, prompt, negative_prompt, guidance_scale, steps, batch_si
 def check_loras(server, prompt, negative_prompt, loras) -> list:
     """The request's LoRAs by the chain's one rule (list + prompt tags), checked before the job
     queues: an unknown name is 400 unknown_lora naming the available ones. Returns the list to
-    hand the chain ([] for none: a server request never inherits another's set)."""
-    loras = [] if loras is None else loras
-    chain.request_loras(prompt, negative_prompt, loras, server.engine.info().get("loras") or {})
-    return loras
+    hand the chain, None for none (the engine then runs the base model: a server request never
+    inherits another's set, webapp.engine)."""
+    chain.request_loras(prompt, negative_prompt, loras or None, server.engine.info().get("loras") or {})
+    return loras or None
 
 
 RESPONSES = {**error_responses(400, 401, 404, 406, 413, 422, 503)}

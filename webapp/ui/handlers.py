@@ -60,6 +60,7 @@ class UIHandlers:
         self.size, self.multiple = info["default_size"], info["size_multiple"]
         self.max_tokens = info.get("max_tokens", 75)
         self.base_model = info["base_model"]
+        self.loras = info.get("loras") or {}  # {name: listing}: the picker's rows
         self.out_dir = out_dir or tempfile.mkdtemp(prefix="sd-webapp-")
 
     # -- outside the queue -----------------------------------------------------------------
@@ -153,6 +154,48 @@ class UIHandlers:
         note = "from PNG info: " + ("; ".join(notes) if notes else "all parameters applied")
         return (*values, gr.Tabs(selected="txt2img"), note)
 
+    # -- LoRAs -----------------------------------------------------------------------------
+    LORA_HEADERS = ["LoRA", "weight", "changes"]
+
+    def lora_rows(self) -> list:
+        """The picker's rows: every loaded LoRA at weight 0 (off), and what it changes."""
+        what = {("unet",): "UNet", ("text_encoder",): "text encoder", ("text_encoder", "unet"): "UNet + text encoder"}
+        return [[name, 0.0, what.get(tuple(d.get("networks") or ()), ", ".join(d.get("networks") or ()))]
+                for name, d in self.loras.items()]
+
+    @staticmethod
+    def picked_loras(table):
+        """The picker's value -> the request's explicit list [(name, weight)] (rows at weight 0
+        are off), or None when none is picked. A script may send the rows as a list of
+        [name, weight] or as {"data": rows}; a weight that is not a number is bad_lora_scale."""
+        if table is None:
+            return None
+        rows = table.get("data") if isinstance(table, dict) else table
+        if hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas DataFrame
+            rows = rows.values.tolist()
+        if not isinstance(rows, (list, tuple)):
+            raise InvalidInput(f"loras must be rows of [name, weight], got {type(table).__name__}", "bad_loras")
+        picked = []
+        for row in rows:
+            if not isinstance(row, (list, tuple)) or len(row) < 2:
+                raise InvalidInput(f"a LoRA row is [name, weight], got {str(row)[:80]!r}", "bad_loras")
+            name, weight = row[0], row[1]
+            if name in (None, "") and weight in (None, ""):
+                continue  # an empty row
+            try:
+                weight = float(weight)
+            except (TypeError, ValueError):
+                raise InvalidInput(f"LoRA {name!r}: the weight {weight!r} is not a number", "bad_lora_scale") from None
+            if weight != 0.0:
+                picked.append((name, weight))
+        return picked or None
+
+    def _loras(self, table, prompt, negative):
+        """The picked LoRAs, checked with the prompt's tags by the chain's rule before queueing."""
+        picked = self.picked_loras(table)
+        chain.request_loras(prompt, negative, picked, self.engine.info().get("loras") or {})
+        return picked
+
     # -- generation ------------------------------------------------------------------------
     # Each generation handler yields (gallery, status, generation info, seed) and keeps its tab's
     # progress (a gr.State dict it updates in place) so that Stop can say where it stopped.
@@ -169,9 +212,10 @@ class UIHandlers:
         return (None if seed is None or seed < 0 else int(seed)), int(steps), int(batch)
 
     async def generate(self, prompt, negative="", steps=20, guidance=7.5, seed=RANDOM, scheduler=None, batch=1,
-                       width=None, height=None, model=None, previews=True, progress=None):
+                       width=None, height=None, model=None, previews=True, loras=None, progress=None):
         """txt2img. Every input but the prompt has a default, so gradio_client's
-        predict(prompt, api_name="/txt2img") works."""
+        predict(prompt, api_name="/txt2img") works. `loras`: the picker's rows [[name, weight, ...]]
+        (weight 0: off), merged with the prompt's <lora:...> tags by models.chain.request_loras."""
         import gradio as gr
 
         prompt, negative = prompt or "", negative or ""  # a Textbox sent as null (the API): no text
@@ -179,20 +223,21 @@ class UIHandlers:
         try:
             seed, steps, batch = self._checked(prompt, negative, steps, guidance, seed, batch)
             self.limits.check_size(height, width)
-        except ApiError as e:
+            loras = self._loras(loras, prompt, negative)
+        except (ApiError, InvalidInput) as e:
             raise gr.Error(e.message) from None
         model = model or self.base_model
 
         def fn(job, cb):
             return chain.txt2img(self.engine, prompt, negative, steps=steps, guidance_scale=float(guidance),
                                  seed=seed, scheduler=scheduler, height=int(height), width=int(width),
-                                 batch_size=batch, model=model, check=job.check, callback=cb)
+                                 batch_size=batch, model=model, check=job.check, callback=cb, loras=loras)
 
         async for item in self._stream(fn, previews, model, progress):
             yield item
 
     async def img2img(self, image, prompt, negative="", steps=20, guidance=7.5, seed=RANDOM, scheduler=None,
-                      batch=1, strength=0.75, model=None, previews=True, progress=None):
+                      batch=1, strength=0.75, model=None, previews=True, loras=None, progress=None):
         """img2img on an image of any size (the chain pads it and crops the answer back)."""
         import gradio as gr
 
@@ -203,21 +248,22 @@ class UIHandlers:
                 raise ApiError(400, "no_image", "upload an image to start from")
             image = rgb_image(image)
             self.limits.check_size(*image.shape[:2])
-        except ApiError as e:
+            loras = self._loras(loras, prompt, negative)
+        except (ApiError, InvalidInput) as e:
             raise gr.Error(e.message) from None
         model = model or self.base_model
 
         def fn(job, cb):
             return chain.img2img(self.engine, prompt, image, negative, strength=float(strength), steps=steps,
                                  guidance_scale=float(guidance), seed=seed, scheduler=scheduler, batch_size=batch,
-                                 model=model, check=job.check, callback=cb)
+                                 model=model, check=job.check, callback=cb, loras=loras)
 
         async for item in self._stream(fn, previews, model, progress):
             yield item
 
     async def inpaint(self, editor, mask_upload=None, prompt="", negative="", steps=20, guidance=7.5, seed=RANDOM,
                       scheduler=None, batch=1, strength=1.0, blur=4, invert=False, only_masked=False, padding=32,
-                      model=None, previews=True, progress=None):
+                      model=None, previews=True, loras=None, progress=None):
         import gradio as gr
 
         prompt, negative = prompt or "", negative or ""
@@ -227,7 +273,8 @@ class UIHandlers:
             if only_masked:
                 self.limits.check_size(self.size, self.size)  # the masked box is inpainted at the model's size
             image, mask = mask_from_editor(editor, mask_upload)  # any size: the chain pads and crops back
-        except ApiError as e:
+            loras = self._loras(loras, prompt, negative)
+        except (ApiError, InvalidInput) as e:
             raise gr.Error(e.message) from None
         model = model or self.base_model
 
@@ -236,7 +283,7 @@ class UIHandlers:
                                  guidance_scale=float(guidance), seed=seed, scheduler=scheduler, batch_size=batch,
                                  strength=float(strength), mask_blur=float(blur), invert_mask=bool(invert),
                                  only_masked=bool(only_masked), padding=int(padding), model=model, check=job.check,
-                                 callback=cb)
+                                 callback=cb, loras=loras)
 
         async for item in self._stream(fn, previews, model, progress):
             yield item

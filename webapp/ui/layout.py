@@ -41,6 +41,19 @@ def _prompts(gr, h, L, value, prefix):
     return c
 
 
+def _lora_picker(gr, h, c, prefix):
+    """The LoRA picker into `c`: one row per LoRA of --loras-dir, its weight (0 = off) editable,
+    shown only when the server has LoRAs (the input exists either way: gradio_client's `loras`,
+    default none). Weights and <lora:name:w> tags in the prompt merge by models.chain's rule:
+    the picker first, then the tags (a tag's weight wins for its LoRA)."""
+    rows = h.lora_rows()
+    with gr.Accordion(f"LoRAs ({len(rows)})", open=True, visible=bool(rows), elem_id=f"{prefix}loras-box"):
+        c.loras = gr.Dataframe(value=rows or None, headers=h.LORA_HEADERS, datatype=["str", "number", "str"],
+                               type="array", interactive=True, static_columns=[0, 2], row_count=len(rows) or 1,
+                               column_count=3, label="Weights (0 = off; or write <lora:name:0.8> in the prompt)",
+                               elem_id=f"{prefix}loras")
+
+
 def _settings(gr, h, L, c):
     """Steps, guidance, scheduler, batch size and seed (with Random and Reuse last) into `c`."""
     with gr.Row():
@@ -82,6 +95,7 @@ def _txt2img_tab(gr, h, L):
     with gr.Row():
         with gr.Column(scale=3):
             c = _prompts(gr, h, L, "a red circle on a blue background", "")
+            _lora_picker(gr, h, c, "")
             _settings(gr, h, L, c)
             with gr.Row():
                 c.width = IntSlider(multiple, min(L.max_side, 4 * size), size, multiple, "Width")
@@ -102,6 +116,7 @@ def _img2img_tab(gr, h, L, previews):
                                sources=["upload", "clipboard"], elem_id="img2img-image")
             p = _prompts(gr, h, L, "a blue square on a yellow background", "img2img-")
             c.__dict__.update(p.__dict__)
+            _lora_picker(gr, h, c, "img2img-")
             c.strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Denoising strength (1 = ignore the image)",
                                    buttons=[])
             _settings(gr, h, L, c)
@@ -121,6 +136,7 @@ def _inpaint_tab(gr, h, L, previews):
                                      height=160, sources=["upload", "clipboard"])
             p = _prompts(gr, h, L, "a green square on a blue background", "inpaint-")
             c.__dict__.update(p.__dict__)
+            _lora_picker(gr, h, c, "inpaint-")
             with gr.Row():
                 c.invert = gr.Checkbox(label="Invert mask (repaint the unpainted area)")
                 c.only_masked = gr.Checkbox(label="Inpaint only the masked region")
@@ -192,12 +208,12 @@ def build_ui(server):
                 p = _png_info_tab(gr)
 
         _wire_tab(gr, h, t, h.generate, [t.prompt, t.negative, t.steps, t.guidance, t.seed, t.scheduler, t.batch,
-                                          t.width, t.height, model, t.previews], "txt2img", tabs, m, i)
+                                          t.width, t.height, model, t.previews, t.loras], "txt2img", tabs, m, i)
         _wire_tab(gr, h, m, h.img2img, [m.image, m.prompt, m.negative, m.steps, m.guidance, m.seed, m.scheduler,
-                                         m.batch, m.strength, model, t.previews], "img2img", tabs, m, i)
+                                         m.batch, m.strength, model, t.previews, m.loras], "img2img", tabs, m, i)
         _wire_tab(gr, h, i, h.inpaint, [i.editor, i.mask_upload, i.prompt, i.negative, i.steps, i.guidance, i.seed,
                                          i.scheduler, i.batch, i.strength, i.blur, i.invert, i.only_masked,
-                                         i.padding, model, t.previews], "inpaint", tabs, m, i)
+                                         i.padding, model, t.previews, i.loras], "inpaint", tabs, m, i)
         model.change(h.select_model, model, model_status, api_name="select_model")
         p.png.change(h.png_info, p.png, [p.text, p.params], api_name="png_info")
         p.to_txt2img.click(h.send_to_txt2img, p.params, [t.prompt, t.negative, t.steps, t.guidance, t.seed,
