@@ -10,6 +10,14 @@ diffusion endpoint, and only latents come back.
 It uses ai-edge-litert, numpy, Pillow, the standard library and the project's tokenizer
 (models/tokenizer.py, pure Python), never TensorFlow: it is what an Android or iOS app does,
 in Python (see the README's "Edge clients").
+
+LoRAs (`--lora NAME[:SCALE]`, or `<lora:name:scale>` in the prompt; the server's GET
+/api/v1/models lists them): one that touches only the UNet keeps the edge text encoder valid,
+so the prompt is encoded here and the LoRA named to /diffuse. One that touches the text encoder
+(`edge_parts_valid: false`) cannot be encoded here: the client asks the server to encode the
+prompt and the unconditional prompt with the LoRAs (POST /api/v1/encode) when the server hosts
+a text encoder, and passes the answer's `loras` on as `context_loras`; otherwise it stops with
+an error naming the LoRA. The set is decided by the server's own rule (models.chain.request_loras).
 """
 
 from __future__ import annotations
@@ -116,40 +124,104 @@ class EdgeClient:
             raise EdgeError(f"dtype must be float16 or float32, got {dtype!r}")
         self.server, self.models, self.token, self.timeout = server.rstrip("/"), models, token, timeout
         self.np_dtype = np.float16 if dtype == "float16" else np.float32
+        self._server_info = None
+        self.encoded_on_server = False  # whether the last request's prompts were encoded by the server
 
-    def diffuse(self, tensors: dict, params: dict):
-        """POST /api/v1/diffuse; returns (latents float32, metadata, bytes sent, bytes received)."""
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        body = wire.encode(tensors)
-        req = urllib.request.Request(f"{self.server}/api/v1/diffuse?{query}", data=body, method="POST",
-                                     headers={"Content-Type": wire.MEDIA_TYPE, "Accept": wire.MEDIA_TYPE})
+    def _call(self, path, *, data=None, content_type=None, accept=None):
+        """GET (data None) or POST to the server; (body bytes, response headers). Errors: EdgeError
+        with the server's message (and its code, for a client that wants to react to it)."""
+        req = urllib.request.Request(f"{self.server}{path}", data=data, method="GET" if data is None else "POST")
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        if accept:
+            req.add_header("Accept", accept)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                data = resp.read()
+                return resp.read(), resp.headers
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace")
             try:
-                detail = json.loads(detail).get("error", {}).get("message", detail)
+                err = json.loads(detail).get("error", {})
+                detail = f"{err.get('message', detail)} ({err.get('code')})" if err.get("code") else err.get("message", detail)
             except (ValueError, AttributeError):
                 pass
             raise EdgeError(f"the server answered {e.code}: {detail}") from None
         except urllib.error.URLError as e:
             raise EdgeError(f"cannot reach {self.server}: {e.reason}") from None
+
+    def server_info(self, refresh=False) -> dict:
+        """GET /api/v1/models (asked once): the server's LoRAs and which networks it hosts."""
+        if self._server_info is None or refresh:
+            self._server_info = json.loads(self._call("/api/v1/models")[0])
+        return self._server_info
+
+    def _lora_plan(self, prompt, negative_prompt, loras):
+        """(prompt without tags, the UNet set for /diffuse, the text-encoder set or []): the
+        server's rule for the request's set, split by the network each LoRA touches."""
+        from models import chain
+        from models.errors import InvalidInput
+
+        needs_info = bool(loras) or "<lora:" in prompt.lower()
+        available = (self.server_info().get("loras") or {}) if needs_info else {}
+        try:
+            text, chosen = chain.request_loras(prompt, negative_prompt or "", list(loras or ()) or None, available)
+        except InvalidInput as e:
+            raise EdgeError(f"{e.message} ({e.code})") from None
+        te, unet = chain.split_loras(chosen, available)
+        return text, unet or [], te or []
+
+    def _encode_on_server(self, prompts, te_loras):
+        """POST /api/v1/encode with the LoRAs: contexts made by the server's text encoder, and the
+        set it reports (what /diffuse takes as context_loras)."""
+        info = self.server_info()
+        if "text_encoder" not in (info.get("loaded_networks") or ()):
+            names = ", ".join(n for n, _ in te_loras)
+            raise EdgeError(f"the LoRA(s) {names} change the text encoder, so this device's exported text encoder "
+                            "cannot encode for them, and this server hosts no text encoder to do it "
+                            f"(component {info.get('component')!r}); pick LoRAs with edge_parts_valid, or use a "
+                            "server that hosts the text encoder")
+        body = json.dumps({"prompts": list(prompts), "dtype": np.dtype(self.np_dtype).name,
+                           "loras": [{"name": n, "scale": s} for n, s in te_loras]}).encode()
+        data, _ = self._call("/api/v1/encode", data=body, content_type="application/json", accept=wire.MEDIA_TYPE)
+        tensors, meta = wire.decode(data)
+        return tensors["context"].astype(self.np_dtype), json.loads(meta.get("loras", "[]"))
+
+    def diffuse(self, tensors: dict, params: dict):
+        """POST /api/v1/diffuse; returns (latents float32, metadata, bytes sent, bytes received)."""
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        body = wire.encode(tensors)
+        data, _ = self._call(f"/api/v1/diffuse?{query}", data=body, content_type=wire.MEDIA_TYPE,
+                             accept=wire.MEDIA_TYPE)
         tensors, metadata = wire.decode(data)
         if "latents" not in tensors:
             raise EdgeError(f"the server's answer has no 'latents' tensor (got {sorted(tensors)})")
         return np.asarray(tensors["latents"], np.float32), metadata, len(body), len(data)
 
-    def _common(self, prompt, negative_prompt, guidance_scale, timings):
+    def _common(self, prompt, negative_prompt, guidance_scale, timings, loras=None):
+        """The contexts and the LoRA query parameters of a request (see the module docstring)."""
         t = time.perf_counter()
-        tensors = {"context": self.models.encode_text(prompt).astype(self.np_dtype)}
+        text, unet, te = self._lora_plan(prompt, negative_prompt, loras)
+        lora_params = {"loras": json.dumps([{"name": n, "scale": s} for n, s in unet]) if unet else None}
+        self.encoded_on_server = bool(te)
+        if te:  # the edge text encoder is not valid for these: the server encodes
+            prompts = [text]
+            if uses_unconditional(guidance_scale, self.models.manifest):
+                prompts.append(negative_prompt or "")  # the empty prompt too: it must see the LoRAs
+            contexts, applied = self._encode_on_server(prompts, te)
+            tensors = {"context": contexts[:1]}
+            if len(prompts) == 2:
+                tensors["unconditional_context"] = contexts[1:]
+            lora_params["context_loras"] = json.dumps([{"name": n, "scale": s} for n, s in applied])
+            timings["text_encoder_on_server"] = time.perf_counter() - t
+            return tensors, lora_params
+        tensors = {"context": self.models.encode_text(text).astype(self.np_dtype)}
         # without a negative prompt the server uses the model's own empty-prompt context
         if negative_prompt and uses_unconditional(guidance_scale, self.models.manifest):
             tensors["unconditional_context"] = self.models.encode_text(negative_prompt).astype(self.np_dtype)
         timings["text_encoder"] = time.perf_counter() - t
-        return tensors
+        return tensors, lora_params
 
     def _finish(self, tensors, params, timings):
         t = time.perf_counter()
@@ -163,16 +235,17 @@ class EdgeClient:
         return images, seeds, parameters, sent, received
 
     def txt2img(self, prompt, negative_prompt=None, seed=None, steps=20, guidance_scale=7.5,
-                scheduler="ddim") -> EdgeResult:
+                scheduler="ddim", loras=None) -> EdgeResult:
+        """`loras`: [(name, scale)] of the server's LoRAs (with the prompt's <lora:...> tags)."""
         timings = {}
-        tensors = self._common(prompt, negative_prompt, guidance_scale, timings)
+        tensors, lora_params = self._common(prompt, negative_prompt, guidance_scale, timings, loras)
         params = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler,
-                      dtype=np.dtype(self.np_dtype).name)
+                      dtype=np.dtype(self.np_dtype).name, **lora_params)
         images, seeds, parameters, sent, received = self._finish(tensors, params, timings)
         return EdgeResult(images, seeds, parameters, sent, received, timings)
 
     def inpaint(self, prompt, image, mask, negative_prompt=None, seed=None, steps=20, guidance_scale=7.5,
-                scheduler="ddim", mask_blur=0.0, strength=1.0) -> EdgeResult:
+                scheduler="ddim", mask_blur=0.0, strength=1.0, loras=None) -> EdgeResult:
         """image uint8 [H, W, 3], mask [H, W] at the model's image size (models.masks' rule: values
         >= 128 of 255 repaint)."""
         image, mask = np.asarray(image, np.uint8), np.asarray(mask)
@@ -182,16 +255,26 @@ class EdgeClient:
         if self.models.manifest["diffusion"].get("unet_in_channels", 4) != 4:
             raise EdgeError("this model has a 9-channel inpainting UNet; this client sends latent-blend inputs only")
         timings = {}
-        tensors = self._common(prompt, negative_prompt, guidance_scale, timings)
+        tensors, lora_params = self._common(prompt, negative_prompt, guidance_scale, timings, loras)
         t = time.perf_counter()
         tensors["image_latents"] = self.models.encode_image(image).astype(self.np_dtype)
         timings["image_encoder"] = time.perf_counter() - t
         tensors["mask"] = masks.repaint_mask(mask)  # the server applies the same rule again
         params = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler,
-                      strength=strength, mask_blur=mask_blur, dtype=np.dtype(self.np_dtype).name)
+                      strength=strength, mask_blur=mask_blur, dtype=np.dtype(self.np_dtype).name, **lora_params)
         decoded, seeds, parameters, sent, received = self._finish(tensors, params, timings)
         images = paste_back(image, decoded, mask, mask_blur)
         return EdgeResult(images, seeds, parameters, sent, received, timings)
+
+
+def _lora_arg(text):
+    name, sep, scale = text.rpartition(":")
+    if sep and name:
+        try:
+            return name, float(scale)
+        except ValueError:
+            pass
+    return text, 1.0
 
 
 def _parse(argv=None):
@@ -208,6 +291,9 @@ def _parse(argv=None):
     p.add_argument("--mask", help="inpainting: white/painted = repaint (same size as the image)")
     p.add_argument("--mask-blur", type=float, default=0.0)
     p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="NAME[:SCALE]",
+                   help="a LoRA of the server's (GET /api/v1/models), repeatable; <lora:name:scale> in "
+                        "--prompt works too. One that changes the text encoder is encoded by the server")
     p.add_argument("--precision", default="float32", choices=("float32", "float16"),
                    help="which TFLite files to run (float16 files are half the size)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="tensors on the wire")
@@ -227,7 +313,7 @@ def main(argv=None):
         models = EdgeModels(args.exports, args.precision)
         client = EdgeClient(args.server, models, token=args.token, dtype=args.dtype)
         common = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
-                      guidance_scale=args.guidance, scheduler=args.scheduler)
+                      guidance_scale=args.guidance, scheduler=args.scheduler, loras=args.lora or None)
         if args.image:
             h, w = models.image_size
             image = np.asarray(Image.open(args.image).convert("RGB").resize((w, h), Image.LANCZOS))

@@ -6,6 +6,7 @@ import { loadManifest, loadModel, run } from "./models.js";
 import { CLIPTokenizer } from "./tokenizer.js";
 import { usesUnconditional } from "./guidance.js";
 import { pasteBack, repaintMask } from "./imaging.js";
+import { asJson, planLoras } from "./loras.js";
 import * as wire from "./wire.js";
 
 const tf = globalThis.tf;
@@ -16,7 +17,7 @@ const API = (query.get("api") || location.origin).replace(/\/$/, "");
 
 const state = {
   ready: false, busy: false, mode: "txt2img", manifest: null, tokenizer: null,
-  models: {}, precision: null, backend: null, image: null, last: null, error: null,
+  models: {}, precision: null, backend: null, image: null, last: null, error: null, serverInfo: null,
 };
 // For tests and the console: window.sdEdge.state.last holds the latest result.
 window.sdEdge = { state, generate: () => generate() };
@@ -64,6 +65,55 @@ function tensorMsg(values, shape, dtype) {
     : { dtype: "F32", shape, data: Float32Array.from(values) };
 }
 
+// ---- LoRAs: the server's (GET /api/v1/models), picked with a weight (0 = off) or by prompt tags ----
+function renderLoras() {
+  const loras = (state.serverInfo && state.serverInfo.loras) || {};
+  const list = $("lora-list");
+  list.replaceChildren();
+  for (const [name, d] of Object.entries(loras)) {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    Object.assign(input, { type: "number", step: "0.05", min: "-10", max: "10", value: "0" });
+    input.dataset.lora = name;
+    const note = d.edge_parts_valid ? "UNet" : "text encoder: encoded on the server";
+    label.append(`${name} (${note}) `, input);
+    list.append(label);
+  }
+  $("loras").hidden = Object.keys(loras).length === 0;
+}
+
+function pickedLoras() {
+  return [...document.querySelectorAll("#lora-list input[data-lora]")]
+    .map((el) => [el.dataset.lora, Number(el.value)])
+    .filter(([, w]) => w !== 0);
+}
+
+async function apiError(r, data) {
+  let msg = new TextDecoder().decode(data);
+  try {
+    const err = JSON.parse(msg).error;
+    msg = err ? `${err.message} (${err.code})` : msg;
+  } catch (e) { /* not JSON */ }
+  return new Error(`the server answered ${r.status}: ${msg}`);
+}
+
+// The prompts encoded by the server's text encoder with the LoRAs that change it (this page's
+// exported text encoder is the base one): rows of the context, and the set the server applied.
+async function encodeOnServer(prompts, loras, dtype) {
+  const r = await fetch(`${API}/api/v1/encode`, {
+    method: "POST", headers: { "Content-Type": "application/json", Accept: wire.MEDIA_TYPE },
+    body: JSON.stringify({ prompts, dtype, loras: JSON.parse(asJson(loras)) }),
+  });
+  const data = new Uint8Array(await r.arrayBuffer());
+  if (!r.ok) throw await apiError(r, data);
+  const { tensors, metadata } = wire.decode(data);
+  const c = tensors.context;
+  const row = c.shape[1] * c.shape[2];
+  const rows = prompts.map((_, k) => ({ dtype: c.dtype, shape: [1, c.shape[1], c.shape[2]],
+    data: c.data.slice(k * row, (k + 1) * row) }));
+  return { rows, applied: metadata.loras || "[]" };
+}
+
 async function diffuse(tensors, params) {
   const body = wire.encode(tensors);
   const qs = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== null && v !== "" && v !== undefined));
@@ -71,11 +121,7 @@ async function diffuse(tensors, params) {
     method: "POST", body, headers: { "Content-Type": wire.MEDIA_TYPE, Accept: wire.MEDIA_TYPE },
   });
   const data = new Uint8Array(await r.arrayBuffer());
-  if (!r.ok) {
-    let msg = new TextDecoder().decode(data);
-    try { msg = JSON.parse(msg).error?.message || msg; } catch (e) { /* not JSON */ }
-    throw new Error(`the server answered ${r.status}: ${msg}`);
-  }
+  if (!r.ok) throw await apiError(r, data);
   const { tensors: out, metadata } = wire.decode(data);
   if (!out.latents) throw new Error("the server's answer has no latents");
   return { latents: out.latents, metadata, sent: body.length, received: data.length };
@@ -142,18 +188,32 @@ async function generate() {
   const timings = {};
   try {
     await ensureModels(s.precision);
-    setStatus("Encoding the prompt…", "busy");
+    // the request's LoRAs by the server's rule (edge/web/loras.js): tags out of the prompt; a
+    // text-encoder LoRA makes this page's text encoder wrong for it, so the server encodes
+    const plan = planLoras(s.prompt, s.negative, pickedLoras(), state.serverInfo);
+    const tensors = {};
+    const params = { seed: s.seed, steps: s.steps, guidance_scale: s.guidance, scheduler: s.scheduler, dtype: s.dtype };
+    if (plan.unet.length) params.loras = asJson(plan.unet);
     let t = performance.now();
-    const ctx = await encodeText(s.prompt);
-    const tensors = { context: tensorMsg(ctx.values, ctx.shape, s.dtype) };
-    // without a negative prompt the server uses the model's own empty-prompt context; with
-    // guidance off (<= 1) or an LCM UNet it reads no unconditional context at all
-    if (s.negative && usesUnconditional(s.guidance, state.manifest)) {
-      const un = await encodeText(s.negative);
-      tensors.unconditional_context = tensorMsg(un.values, un.shape, s.dtype);
+    if (plan.encodeOnServer) {
+      setStatus("Encoding the prompt on the server (a LoRA changes the text encoder)…", "busy");
+      const guided = usesUnconditional(s.guidance, state.manifest);
+      const enc = await encodeOnServer(guided ? [plan.text, s.negative] : [plan.text], plan.textEncoder, s.dtype);
+      tensors.context = enc.rows[0];
+      if (guided) tensors.unconditional_context = enc.rows[1]; // the empty prompt must see the LoRA too
+      params.context_loras = asJson(JSON.parse(enc.applied));
+    } else {
+      setStatus("Encoding the prompt…", "busy");
+      const ctx = await encodeText(plan.text);
+      tensors.context = tensorMsg(ctx.values, ctx.shape, s.dtype);
+      // without a negative prompt the server uses the model's own empty-prompt context; with
+      // guidance off (<= 1) or an LCM UNet it reads no unconditional context at all
+      if (s.negative && usesUnconditional(s.guidance, state.manifest)) {
+        const un = await encodeText(s.negative);
+        tensors.unconditional_context = tensorMsg(un.values, un.shape, s.dtype);
+      }
     }
     timings.text = performance.now() - t;
-    const params = { seed: s.seed, steps: s.steps, guidance_scale: s.guidance, scheduler: s.scheduler, dtype: s.dtype };
     let mask = null;
     let image = null;
     if (state.mode === "inpaint") {
@@ -187,6 +247,7 @@ async function generate() {
       parameters: JSON.parse(res.metadata.parameters || "{}"), sent: res.sent, received: res.received,
       timings, backend: state.backend, mask: mask ? Array.from(mask) : null,
       image: image ? Array.from(image.rgb) : null, modelSources: state.modelSources,
+      loras: { unet: plan.unet, textEncoder: plan.textEncoder, encodedOnServer: plan.encodeOnServer },
     };
     $("t-text").textContent = ms(timings.text);
     $("t-image").textContent = timings.image === undefined ? "–" : ms(timings.image);
@@ -286,6 +347,11 @@ async function main() {
       + (m.model.model_family ? `, ${m.model.model_family} ${m.model.prediction_type}, clip skip ${m.model.clip_skip}` : "");
     const tokDir = new URL(m.tokenizer.tfjs_files.vocab.replace(/vocab\.json$/, ""), EXPORTS);
     state.tokenizer = await CLIPTokenizer.load(tokDir.href);
+    try { // the server's LoRAs (none, or an older server: no picker)
+      const r = await fetch(`${API}/api/v1/models`);
+      state.serverInfo = r.ok ? await r.json() : null;
+    } catch (e) { state.serverInfo = null; }
+    renderLoras();
     for (const s of m.schedulers) $("scheduler").add(new Option(s, s, s === m.default_scheduler, s === m.default_scheduler));
     if (!m.artifacts.some((a) => a.format === "tfjs" && a.precision === "float16")) $("precision").value = "float32";
     await ensureModels($("precision").value);
