@@ -115,6 +115,8 @@ def request_loras(prompt, negative_prompt, loras, available):
     scales: dict = {}
     for name, scale in [*explicit, *[(n, _lora_scale(s, n)) for n, s in tags]]:
         scales[name] = scale  # dict order: first mention; value: the last one
+    if len(scales) > MAX_LORAS:  # before looking names up: the count is the problem
+        raise InvalidInput(f"{len(scales)} LoRAs in one request; the limit is {MAX_LORAS}", "too_many_loras")
     chosen = lookup_loras(list(scales.items()), available or {})
     folded: dict = {}
     for name, scale in chosen:  # "Ink" and "ink" are one LoRA once looked up: the later scale wins

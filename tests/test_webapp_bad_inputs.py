@@ -3,6 +3,7 @@ and the server keeps serving afterwards."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
@@ -112,6 +113,46 @@ CASES = [
     ("inpaint: mask missing", "/api/v1/inpaint", "form", {"image": GOOD_IMAGE}, {}, 422, "invalid_parameters"),
     ("inpaint: image too large", "/api/v1/inpaint", "form", {"image": png(np.zeros((300, 64, 3))), "mask": png(MASK)}, {}, 400, "image_too_large"),
     ("unknown endpoint", "/api/v1/img2vid", J, {}, {}, 404, "not_found"),
+    # LoRAs (this server has none loaded: every name is unknown, and the message says so)
+    ("txt2img: loras not a list", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": "ink"}, {}, 422, "invalid_parameters"),
+    ("txt2img: lora without a name", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": [{"scale": 1}]}, {}, 422, "invalid_parameters"),
+    ("txt2img: lora with an unknown field", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": [{"name": "a", "path": "/etc"}]}, {}, 422, "invalid_parameters"),
+    ("txt2img: unknown lora", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": [{"name": "ink", "scale": 0.8}]}, {}, 400, "unknown_lora"),
+    ("txt2img: lora scale NaN", "/api/v1/txt2img", "raw", b'{"prompt": "x", "loras": [{"name": "ink", "scale": NaN}]}', {}, 422, "invalid_parameters"),
+    ("txt2img: lora scale Infinity", "/api/v1/txt2img", "raw", b'{"prompt": "x", "loras": [{"name": "ink", "scale": -Infinity}]}', {}, 422, "invalid_parameters"),
+    ("txt2img: lora scale 1000", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": [{"name": "ink", "scale": 1000}]}, {}, 422, "invalid_parameters"),
+    ("txt2img: lora scale a string", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": [{"name": "ink", "scale": "lots"}]}, {}, 422, "invalid_parameters"),
+    ("txt2img: 9 loras", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": [{"name": f"l{i}"} for i in range(9)]}, {}, 422, "invalid_parameters"),
+    ("txt2img: lora name of 300 characters", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": [{"name": "x" * 300}]}, {}, 422, "invalid_parameters"),
+    ("txt2img: lora name is a path", "/api/v1/txt2img", J, {"prompt": PROMPT, "loras": [{"name": "../../etc/passwd"}]}, {}, 400, "unknown_lora"),
+    ("txt2img: unknown lora tag", "/api/v1/txt2img", J, {"prompt": PROMPT + " <lora:ink:0.5>"}, {}, 400, "unknown_lora"),
+    ("txt2img: lora tag without a name", "/api/v1/txt2img", J, {"prompt": PROMPT + " <lora::0.5>"}, {}, 400, "bad_lora_tag"),
+    ("txt2img: lora tag scale not a number", "/api/v1/txt2img", J, {"prompt": PROMPT + " <lora:ink:nan>"}, {}, 400, "bad_lora_tag"),
+    ("txt2img: lora tag scale 1e400", "/api/v1/txt2img", J, {"prompt": PROMPT + " <lora:ink:1e400>"}, {}, 400, "bad_lora_tag"),
+    ("txt2img: lora tag scale 50", "/api/v1/txt2img", J, {"prompt": PROMPT + " <lora:ink:50>"}, {}, 400, "bad_lora_scale"),
+    ("txt2img: unclosed lora tag", "/api/v1/txt2img", J, {"prompt": PROMPT + " <lora:ink"}, {}, 400, "bad_lora_tag"),
+    ("txt2img: lora tag in the negative prompt", "/api/v1/txt2img", J, {"prompt": PROMPT, "negative_prompt": "<lora:ink>"}, {}, 400, "bad_lora_tag"),
+    ("txt2img: 40 lora tags", "/api/v1/txt2img", J, {"prompt": PROMPT + "".join(f"<lora:l{i}>" for i in range(40))}, {}, 400, "too_many_loras"),
+    ("encode: unknown lora", "/api/v1/encode", J, {"prompts": ["x"], "loras": [{"name": "ink"}]}, {}, 400, "unknown_lora"),
+    ("encode: loras not a list", "/api/v1/encode", J, {"prompts": ["x"], "loras": {"name": "ink"}}, {}, 422, "invalid_parameters"),
+    ("encode: lora tag in a prompt", "/api/v1/encode", J, {"prompts": ["x <lora:ink>"]}, {}, 400, "bad_lora_tag"),
+    ("diffuse: loras not JSON", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": "ink:0.8"}, 400, "bad_loras"),
+    ("diffuse: loras not a list", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": '{"name": "ink"}'}, 400, "bad_loras"),
+    ("diffuse: unknown lora", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": '[{"name": "ink"}]'}, 400, "unknown_lora"),
+    ("diffuse: lora scale NaN", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": '[{"name": "ink", "scale": NaN}]'}, 400, "bad_lora_scale"),
+    ("diffuse: lora scale 1e308", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": '[{"name": "ink", "scale": 1e308}]'}, 400, "bad_lora_scale"),
+    ("diffuse: lora item a number", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": "[3]"}, 400, "bad_loras"),
+    ("diffuse: 9 loras", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": json.dumps([{"name": f"l{i}"} for i in range(9)])}, 400, "too_many_loras"),
+    ("diffuse: lora name of 300 characters", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": json.dumps([{"name": "x" * 300}])}, 400, "bad_loras"),
+    ("diffuse: loras query of 5000 characters", "/api/v1/diffuse", W, tensors(context=CTX), {"loras": "[" + " " * 5000 + "]"}, 422, "invalid_parameters"),
+    ("diffuse: context_loras unknown", "/api/v1/diffuse", W, tensors(context=CTX), {"context_loras": '[{"name": "ink"}]'}, 400, "unknown_lora"),
+    ("inpaint: loras not JSON", "/api/v1/inpaint", "fields", {"files": {"image": GOOD_IMAGE, "mask": png(MASK)}, "data": {"loras": "[{"}}, {}, 400, "bad_loras"),
+    ("inpaint: unknown lora", "/api/v1/inpaint", "fields", {"files": {"image": GOOD_IMAGE, "mask": png(MASK)}, "data": {"loras": '[{"name": "ink"}]'}}, {}, 400, "unknown_lora"),
+    ("inpaint: lora scale NaN", "/api/v1/inpaint", "fields", {"files": {"image": GOOD_IMAGE, "mask": png(MASK)}, "data": {"loras": '[{"name": "ink", "scale": NaN}]'}}, {}, 400, "bad_lora_scale"),
+    ("img2img: loras an object", "/api/v1/img2img", "fields", {"files": {"image": GOOD_IMAGE}, "data": {"loras": '{"ink": 1}'}}, {}, 400, "bad_loras"),
+    ("img2img: 9 loras", "/api/v1/img2img", "fields", {"files": {"image": GOOD_IMAGE}, "data": {"loras": json.dumps([{"name": f"l{i}"} for i in range(9)])}}, {}, 400, "too_many_loras"),
+    ("img2img: lora scale -11", "/api/v1/img2img", "fields", {"files": {"image": GOOD_IMAGE}, "data": {"loras": '[{"name": "ink", "scale": -11}]'}}, {}, 400, "bad_lora_scale"),
+    ("img2img: loras field of 5000 characters", "/api/v1/img2img", "fields", {"files": {"image": GOOD_IMAGE}, "data": {"loras": "[" + " " * 5000 + "]"}}, {}, 422, "invalid_parameters"),
 ]
 
 
@@ -125,6 +166,10 @@ def send(client, path, kind, payload, query):
     if kind == "form":
         files = {k: (f"{k}.png", v, "image/png") for k, v in payload.items()}
         return client.post(path, files=files, data={"prompt": PROMPT, "steps": "2", "seed": "0"}, params=query)
+    if kind == "fields":  # a form with extra fields
+        files = {k: (f"{k}.png", v, "image/png") for k, v in payload["files"].items()}
+        return client.post(path, files=files, data={"prompt": PROMPT, "steps": "2", "seed": "0", **payload["data"]},
+                           params=query)
     return post_wire(client, path, payload, **query)
 
 
