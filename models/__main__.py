@@ -58,15 +58,13 @@ def _lora_arg(text):
 
 def _lora_prompt(pipe, args):
     """The prompt without its <lora:...> tags, after making the active set: every --lora at its
-    scale, with a tag's scale replacing that LoRA's (A1111's tags name loaded LoRAs by file stem)."""
-    from .lora.prompt_tags import prompt_loras
+    scale, with a tag's scale replacing that LoRA's (A1111's tags name loaded LoRAs by file stem).
+    The rule is models.chain.request_loras, the one a server applies to a request."""
+    from .chain import request_loras
 
-    prompt, tagged = prompt_loras(args.prompt, pipe.loaded_loras)
-    if tagged:
-        scales = dict(pipe.active_loras)
-        for name, scale in tagged:
-            scales[name] = scale
-        pipe.set_loras(list(scales.items()))
+    prompt, chosen = request_loras(args.prompt, args.negative_prompt or "", pipe.active_loras, pipe.loaded_loras)
+    if chosen != pipe.active_loras:
+        pipe.set_loras(chosen)
     return prompt
 
 
