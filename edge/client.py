@@ -38,6 +38,9 @@ from models import masks
 from webapp import wire  # numpy only: the same codec as the server's
 
 COMPONENTS = ("text_encoder", "decoder", "image_encoder")
+# --vae taesd: the export's TAESD files (python -m exports --taesd) in the decoder's and image
+# encoder's places; same inputs and outputs, a fraction of the cost on a small device.
+VAE_FILES = {"full": {}, "taesd": {"decoder": "taesd_decoder", "image_encoder": "taesd_encoder"}}
 
 
 class EdgeError(RuntimeError):
@@ -61,7 +64,9 @@ def paste_back(image: np.ndarray, decoded: np.ndarray, mask: np.ndarray, mask_bl
 class EdgeModels:
     """The TFLite files of an export (manifest.json), and its tokenizer."""
 
-    def __init__(self, exports_dir: str, precision: str = "float32", components=COMPONENTS):
+    def __init__(self, exports_dir: str, precision: str = "float32", components=COMPONENTS, vae: str = "full"):
+        """`vae`: "full" (the model's VAE) or "taesd" (the TAESD files, listed in the manifest's
+        `decoders` / `image_encoders` when the export has them)."""
         from ai_edge_litert.interpreter import Interpreter
 
         from models.tokenizer import CLIPTokenizer
@@ -72,15 +77,20 @@ class EdgeModels:
         with open(path, encoding="utf-8") as f:
             self.manifest = json.load(f)
         self.dir = exports_dir
+        if vae not in VAE_FILES:
+            raise EdgeError(f"vae must be one of {', '.join(VAE_FILES)}, got {vae!r}")
+        self.vae = vae
         self.runners, self.files = {}, {}
         for component in components:
-            art = next((a for a in self.manifest["artifacts"] if a["component"] == component
+            stored = VAE_FILES[vae].get(component, component)
+            art = next((a for a in self.manifest["artifacts"] if a["component"] == stored
                         and a["format"] == "tflite" and a["precision"] == precision), None)
             if art is None:
                 if component == "image_encoder":
                     continue  # optional: only inpainting needs it
-                raise EdgeError(f"the export has no {precision} TFLite {component} (export with "
-                                f"--formats tflite --quantize {precision})")
+                how = "--taesd PATH --formats tflite" if stored != component else "--formats tflite"
+                raise EdgeError(f"the export has no {precision} TFLite {stored} (export with {how} "
+                                f"--quantize {precision})")
             interp = Interpreter(model_path=os.path.join(exports_dir, art["path"]))
             self.runners[component] = interp.get_signature_runner("serving_default")
             self.files[component] = art["path"]
@@ -294,6 +304,8 @@ def _parse(argv=None):
     p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="NAME[:SCALE]",
                    help="a LoRA of the server's (GET /api/v1/models), repeatable; <lora:name:scale> in "
                         "--prompt works too. One that changes the text encoder is encoded by the server")
+    p.add_argument("--vae", default="full", choices=tuple(VAE_FILES),
+                   help="decoder and image encoder: the model's VAE, or the export's TAESD (exported with --taesd)")
     p.add_argument("--precision", default="float32", choices=("float32", "float16"),
                    help="which TFLite files to run (float16 files are half the size)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="tensors on the wire")
@@ -310,7 +322,7 @@ def main(argv=None):
     from PIL import Image
 
     try:
-        models = EdgeModels(args.exports, args.precision)
+        models = EdgeModels(args.exports, args.precision, vae=args.vae)
         client = EdgeClient(args.server, models, token=args.token, dtype=args.dtype)
         common = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
                       guidance_scale=args.guidance, scheduler=args.scheduler, loras=args.lora or None)

@@ -20,12 +20,14 @@ import numpy as np
 import tensorflow as tf
 
 from models.layers import native_convolutions
+from models.lora.files import default_name as default_lora_name
+from models.lora.specs import lora_list
 
 from . import savedmodel, tfjs, tflite
 from .diffusion_graph import MAX_SEED, MAX_STEPS, DiffusionModule, scheduler_names
 from .errors import ExportError
-from .manifest import MANIFEST_VERSION, file_entries, weights_digest, write_manifest
-from .plan import COMPONENTS, FORMATS, PRECISIONS, XLA, parse_list, plan_jobs
+from .manifest import MANIFEST_VERSION, file_entries, sha256_file, weights_digest, write_manifest
+from .plan import ALL_COMPONENTS, FORMATS, PRECISIONS, XLA, parse_list, plan_jobs
 from .signatures import DecoderModule, ImageEncoderModule, TextEncoderModule, UNetStepModule
 
 EXPORTER_VERSION = "1.0"
@@ -42,8 +44,9 @@ def tfjs_name(component, precision):
 
 
 class _Exporter:
-    def __init__(self, pipe, root, xla_batch):
+    def __init__(self, pipe, root, xla_batch, taesd=None):
         self.pipe, self.root, self.xla_batch = pipe, root, int(xla_batch)
+        self.taesd = taesd  # (encoder, decoder, config) or None
         c = pipe.components
         self.c = c
         self.latent_size = pipe.unet.config.sample_size
@@ -65,13 +68,20 @@ class _Exporter:
         batch = {"serving": None, "xla": self.xla_batch, "tflite": 1}[kind]
         fixed = kind != "serving"
         if component == "text_encoder":
-            return TextEncoderModule(c.text_encoder, batch=batch, jit_compile=jit)
+            return TextEncoderModule(c.text_encoder, batch=batch, jit_compile=jit, clip_skip=self.pipe.clip_skip)
         if component == "decoder":
             return DecoderModule(c.decoder, c.scaling_factor, c.vae_config.latent_channels, self.latent_size,
                                  batch=batch, size=self.latent_size if fixed else None, jit_compile=jit)
         if component == "image_encoder":
             return ImageEncoderModule(c.encoder, c.scaling_factor, self.image_size, batch=batch,
                                       size=self.image_size if fixed else None, jit_compile=jit)
+        if component == "taesd_decoder":  # the same signature as the VAE's decoder: clients swap files
+            return DecoderModule(self.taesd[1], self.taesd[2].scaling_factor, c.vae_config.latent_channels,
+                                 self.latent_size, batch=batch, size=self.latent_size if fixed else None,
+                                 jit_compile=jit, name=component)
+        if component == "taesd_encoder":
+            return ImageEncoderModule(self.taesd[0], self.taesd[2].scaling_factor, self.image_size, batch=batch,
+                                      size=self.image_size if fixed else None, jit_compile=jit, name=component)
         if kind == "tflite":
             return UNetStepModule(self.pipe.unet, self.latent_size, self.context_length)
         return DiffusionModule(self.pipe.unet, c.schedule, self.latent_size, c.vae_config.latent_channels,
@@ -156,20 +166,37 @@ def _check_out(out, overwrite):
 
 
 def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, components=None, quantize=None,
-           overwrite=False, xla=False, xla_batch=1, allow_pickle=False, progress=True, pipeline=None):
+           overwrite=False, xla=False, xla_batch=1, allow_pickle=False, progress=True, pipeline=None,
+           loras=None, clip_skip=None, taesd=None):
     """Export `model` (any `load_components` source) to `out`; returns the manifest dict.
 
     `formats`/`components`/`quantize`: comma-separated strings or lists (None: all that
-    apply). `pipeline`: an already loaded StableDiffusionPipeline to export instead of `model`.
+    apply). `pipeline`: an already loaded StableDiffusionPipeline to export instead of `model`
+    (its active LoRAs and clip skip are exported too; it is left as it was given).
+    `loras`: LoRA files to bake into every artifact, as [(path, scale)], paths or "FILE:SCALE"
+    strings (models.lora.lora_list): merged into the weights before anything is traced, so the
+    SavedModels, TFLite and TF.js files (a text-encoder LoRA: the edge text encoder too) all
+    hold W0 + scale * delta, and the manifest's `loras` says which files, by sha256.
+    `clip_skip`: A1111's clip skip for the exported text encoder (None: the pipeline's, 1 for a
+    loaded model); recorded in the manifest, since the served UNet expects that layer's context.
+    `taesd`: a TAESD (a diffusers AutoencoderTiny folder, or taesd_decoder.safetensors with its
+    encoder beside it) exported as `taesd_decoder` / `taesd_encoder` in TFLite and TF.js: a second
+    decoder and image encoder the edge clients may pick (`manifest.decoders`, `image_encoders`).
     """
+    lora_specs = lora_list(loras)
+    for path, _ in lora_specs:
+        if not os.path.isfile(path):
+            raise ExportError(f"LoRA file {path} does not exist")
     formats = parse_list(formats, FORMATS, "format")
-    components_list = parse_list(components, COMPONENTS, "component")
+    components_list = parse_list(components, ALL_COMPONENTS, "component")
     precisions = parse_list(quantize, PRECISIONS, "precision")
     out = os.path.abspath(os.path.expanduser(out))
     _check_out(out, overwrite)
     if formats is None or "tfjs" in formats:
         tfjs.converter_path()  # fail now, not after the SavedModels
-    plan_jobs(formats, components_list, precisions, xla)  # argument errors before loading a model
+    taesd_halves = ("decoder", "encoder") if taesd is not None else ()
+    plan_jobs(formats, components_list, precisions, xla, taesd=taesd_halves)  # argument errors before loading
+    taesd_parts = _load_taesd(taesd, allow_pickle) if taesd is not None else None
 
     if pipeline is None:
         from models import load_pipeline
@@ -177,19 +204,76 @@ def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, com
         pipe = load_pipeline(model, allow_pickle=allow_pickle, unet=diffusion)
     else:
         pipe = pipeline
+    with _baked(pipe, lora_specs, clip_skip, allow_pickle) as baked_loras:
+        return _export(pipe, model, out, diffusion, formats, components_list, precisions, xla, xla_batch, progress,
+                       baked_loras, taesd_parts)
+
+
+def _load_taesd(source, allow_pickle):
+    """(encoder or None, decoder, config) of a TAESD; any other VAE is an error naming it."""
+    from models.checkpoints.vae_files import load_vae
+
+    encoder, decoder, config = load_vae(source, allow_pickle=allow_pickle)
+    if config.class_name != "AutoencoderTiny":
+        raise ExportError(f"--taesd {source}: that is a {config.class_name}, not a TAESD (AutoencoderTiny); "
+                          "to export another full VAE, load the model with it (load_pipeline(vae=...))")
+    return encoder, decoder, config
+
+
+@contextlib.contextmanager
+def _baked(pipe, lora_specs, clip_skip, allow_pickle):
+    """The pipeline with the export's LoRAs active (holding its LoRA lock, so no other thread
+    switches them mid-export) and its clip skip set; afterwards it is as it was: the previous
+    active set, clip skip and loaded LoRAs (the weights bit for bit, see models/lora).
+    Yields the manifest's `loras` entries for everything active while exporting."""
+    loaded_before = set(pipe.loaded_loras)
+    names = []
+    old_skip = pipe.clip_skip
+    try:
+        if clip_skip is not None:
+            pipe.clip_skip = clip_skip
+        for path, scale in lora_specs:
+            name = default_lora_name(path)
+            if name in loaded_before or name in names:
+                raise ExportError(f"two LoRAs named {name!r} (the file stem): rename one of the files")
+            names.append(pipe.load_lora(path, scale, activate=False, allow_pickle=allow_pickle))
+        wanted = [(n, s) for n, s in pipe.active_loras] + [(n, s) for n, (_, s) in zip(names, lora_specs)]
+        with pipe.loras_applied(wanted):
+            yield [_lora_entry(n, s, pipe.loaded_loras[n]) for n, s in pipe.active_loras]
+    finally:
+        if names:
+            pipe.unload_loras(names)
+        if pipe.clip_skip != old_skip:
+            pipe.clip_skip = old_skip
+
+
+def _lora_entry(name, scale, info):
+    path = info.get("file")
+    return {"name": name, "scale": float(scale), "file": os.path.basename(path) if path else None,
+            "sha256": sha256_file(path) if path and os.path.isfile(path) else None,
+            "bytes": info.get("size_bytes"), "networks": info["networks"], "modules": info["modules"],
+            "ranks": info["ranks"], "formats": info["formats"], "base": info["base"]}
+
+
+def _export(pipe, model, out, diffusion, formats, components_list, precisions, xla, xla_batch, progress, loras,
+            taesd=None):
     c = pipe.components
+    if taesd is not None and taesd[2].latent_channels != c.vae_config.latent_channels:
+        raise ExportError(f"the TAESD makes {taesd[2].latent_channels}-channel latents; this model's are "
+                          f"{c.vae_config.latent_channels}-channel")
+    halves = () if taesd is None else ("decoder",) + (("encoder",) if taesd[0] is not None else ())
     try:
         tflite.check_fits("diffusion", pipe.unet, "UNet")
         too_big = None
     except ExportError as e:
         too_big = str(e)
     jobs, skipped = plan_jobs(formats, components_list, precisions, xla, has_encoder=c.encoder is not None,
-                              unet_too_big=too_big)
+                              unet_too_big=too_big, taesd=halves)
 
     partial = f"{out}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
-    exporter = _Exporter(pipe, partial, xla_batch)
+    exporter = _Exporter(pipe, partial, xla_batch, taesd)
     artifacts, saved = [], {}
     try:
         tok = c.tokenizer
@@ -236,7 +320,8 @@ def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, com
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "model": {"name": c.name, "source": c.source or str(model), "diffusion_source": diffusion,
-                      "version": f"{c.name}-{digest[:12]}", "weights_sha256": digest},
+                      "version": f"{c.name}-{digest[:12]}", "weights_sha256": digest, **_family_facts(pipe)},
+            "loras": loras,
             "exporter": {"version": EXPORTER_VERSION, "tensorflow": tf.__version__, "keras": keras.__version__},
             "image": {"height": pipe.default_size, "width": pipe.default_size, "channels": 3, "dtype": "uint8",
                       "size_multiple": pipe.size_multiple},
@@ -245,6 +330,10 @@ def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, com
             "vae_scaling_factor": float(c.scaling_factor),
             "context": {"length": exporter.context_length, "dim": int(pipe.context_dim),
                         "shape": [exporter.context_length, int(pipe.context_dim)]},
+            # the decoders / image encoders a client may choose between (same inputs and outputs)
+            "decoders": _choices(artifacts, {"decoder": c.vae_config.class_name, "taesd_decoder": "AutoencoderTiny"}),
+            "image_encoders": _choices(artifacts, {"image_encoder": c.vae_config.class_name,
+                                                   "taesd_encoder": "AutoencoderTiny"}),
             "tokenizer": {"files": token_files,
                           "tfjs_files": {k: f"tfjs/{v}" for k, v in token_files.items()}
                           if any(j.format == "tfjs" for j in jobs) else None,
@@ -256,8 +345,11 @@ def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, com
                 "max_steps": MAX_STEPS, "seed_max": MAX_SEED, "unet_in_channels": int(pipe.unet.config.in_channels),
                 "inpainting": "concat" if pipe.unet.config.is_inpainting else "blend",
                 "mask": "latent resolution, 1 = repaint (area-resized pixel mask, as the pipeline)",
-                "batching": "every input has a batch axis; rows are grouped by (scheduler, num_steps, start step) "
-                            "and each group runs its own loop, so unrelated requests may share a batch",
+                "batching": "every input has a batch axis; rows are grouped by (scheduler, num_steps, start step, "
+                            "guidance <= 1) and each group runs its own loop, so unrelated requests may share a batch",
+                "guidance": "guidance_scale <= 1 runs no unconditional pass (unconditional_context is then not read; "
+                            "send the context twice); an LCM-distilled UNet (model.guidance_embedding) takes "
+                            "guidance_scale as the embedding of guidance - 1 and never runs one",
                 "seeds": "row k's initial noise is stateless_normal(seed=[seed_k, 0]); euler_a step noise per row "
                          "from [seed_k, 1]: a row equals pipeline.generate(seed=seed_k, batch_size=1)",
             },
@@ -269,7 +361,8 @@ def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, com
                         "models": {a["serving"]["model_name"]: a["serving"]["base_path"]
                                    for a in artifacts if a["format"] == "savedmodel"}},
             "tflite": {"ops": "TFLITE_BUILTINS only", "batch": 1, "diffusion": "one UNet call, batch 2 = "
-                       "[unconditional, conditional]; the client runs the scheduler"},
+                       "[unconditional, conditional]; the client runs the scheduler (the output is v for "
+                       "v_prediction models; LCM UNets also take guidance_scale)"},
             "artifacts": artifacts,
             "skipped": skipped,
         }
@@ -280,6 +373,21 @@ def export(model="tiny", out="exports_out", *, diffusion=None, formats=None, com
         raise
     _replace(partial, out)
     return manifest
+
+
+def _choices(artifacts, kinds):
+    """[{component, vae}] for each of `kinds` (component -> VAE class) that this export wrote."""
+    written = {a["component"] for a in artifacts}
+    return [{"component": k, "vae": v} for k, v in kinds.items() if k in written]
+
+
+def _family_facts(pipe):
+    """What a client needs to run this model family's text encoder and loop: the family, what
+    the UNet predicts, the timestep spacing the schedulers use (None: each scheduler's own),
+    the clip skip baked into the text encoder, and whether guidance is an embedding (LCM)."""
+    info = pipe.info()
+    return {k: info[k] for k in ("model_family", "prediction_type", "timestep_spacing", "clip_skip",
+                                 "guidance_embedding")}
 
 
 class _FilesJob:

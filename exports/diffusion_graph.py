@@ -33,15 +33,19 @@ from .signatures import Untracked
 SEED_COUNT = MAX_SEED + 1  # seeds are 0 .. MAX_SEED (models.pipeline); larger ones wrap
 
 
-# The schedulers the served graph holds (each one more traced loop). The registry has more
-# (Karras variants, LCM); adding them here changes the manifest's index order, which the edge
-# clients read, so that is the exporter's decision, not the registry's.
-EXPORTED_SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "euler_a")
+# Every scheduler of the registry, in the order of the `scheduler` input's indices (written to
+# the manifest, which TF Serving clients and the edge clients read). The four the first exports
+# had keep their indices 0-3; later ones are appended, so an index never changes meaning between
+# exporter versions. tests/test_export_families.py checks that this covers the registry.
+EXPORTED_SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "euler_a", "dpmpp_2m_karras", "euler_karras", "lcm")
 
 
 def scheduler_names():
     """The order of the `scheduler` input's indices (also written to the manifest)."""
-    return sorted(name for name in SCHEDULERS if name in EXPORTED_SCHEDULERS)
+    unknown = [name for name in EXPORTED_SCHEDULERS if name not in SCHEDULERS]
+    if unknown:
+        raise ValueError(f"EXPORTED_SCHEDULERS names {unknown}, which models.schedulers does not have")
+    return list(EXPORTED_SCHEDULERS)
 
 
 def _export_scheduler(name, schedule, row_shape, pad_to=None):

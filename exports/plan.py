@@ -14,6 +14,11 @@ from .errors import ExportError
 
 FORMATS = ("savedmodel", "tflite", "tfjs")
 COMPONENTS = ("text_encoder", "diffusion", "decoder", "image_encoder")
+# With --taesd: TAESD as a second decoder and image encoder for the edge clients (a fraction of
+# the VAE's cost on a phone or in a browser). Not served: the served decoder is the model's VAE,
+# and serving/ is written against COMPONENTS.
+TAESD_COMPONENTS = ("taesd_decoder", "taesd_encoder")
+ALL_COMPONENTS = COMPONENTS + TAESD_COMPONENTS
 PRECISIONS = ("float32", "float16", "int8")
 FORMAT_PRECISIONS = {"savedmodel": ("float32",), "tflite": PRECISIONS, "tfjs": ("float32", "float16")}
 XLA = "xla"
@@ -45,10 +50,18 @@ def parse_list(value, allowed, what):
     return tuple(v for v in allowed if v in items)
 
 
-def _unsupported(component, fmt, has_encoder, unet_too_big):
-    """Why `fmt` cannot hold `component` for this model, or None."""
+def _unsupported(component, fmt, has_encoder, unet_too_big, taesd=()):
+    """Why `fmt` cannot hold `component` for this model, or None. `taesd`: the TAESD halves
+    given (--taesd), of "decoder", "encoder"."""
     if component == "image_encoder" and not has_encoder:
         return "this model has no VAE encoder (its checkpoint has none)"
+    if component in TAESD_COMPONENTS:
+        half = component.split("_")[1]
+        if half not in taesd:
+            return (f"no TAESD {half}: pass --taesd (a TAESD folder, or taesd_decoder.safetensors with "
+                    "taesd_encoder.safetensors beside it)")
+        if fmt == "savedmodel":
+            return "TAESD is exported for the edge clients (TFLite, TF.js); the served decoder is the model's VAE"
     if component == "diffusion" and fmt == "tfjs":
         return ("the sampling loop is served from the SavedModel (TF Serving); TF.js has no kernel for the "
                 "UNet's exact GELU (Erfc)")
@@ -57,13 +70,14 @@ def _unsupported(component, fmt, has_encoder, unet_too_big):
     return None
 
 
-def plan_jobs(formats=None, components=None, precisions=None, xla=False, *, has_encoder=True, unet_too_big=None):
+def plan_jobs(formats=None, components=None, precisions=None, xla=False, *, has_encoder=True, unet_too_big=None,
+              taesd=()):
     """(jobs, skipped): jobs in execution order (SavedModels first: TF.js converts them),
     skipped as [{component, format, precision, reason}]."""
     formats_given, components_given = formats is not None, components is not None
     precisions_given = precisions is not None
     formats = formats or FORMATS
-    components = components or COMPONENTS
+    components = components or (COMPONENTS + tuple(c for c in TAESD_COMPONENTS if c.split("_")[1] in taesd))
     precisions = precisions or PRECISIONS
     if xla and "savedmodel" not in formats:
         raise ExportError("--xla makes jit-compiled SavedModels; add savedmodel to --formats")
@@ -78,10 +92,11 @@ def plan_jobs(formats=None, components=None, precisions=None, xla=False, *, has_
             skipped.append({"component": "*", "format": fmt, "precision": ",".join(dropped),
                             "reason": "TF.js variants are float32 and float16 only"})
         for component in components:
-            reason = _unsupported(component, fmt, has_encoder, unet_too_big)
+            reason = _unsupported(component, fmt, has_encoder, unet_too_big, taesd)
             if reason:
                 # Named both ways, or impossible in every format: the user asked for the impossible.
-                everywhere = component == "image_encoder" and not has_encoder
+                everywhere = ((component == "image_encoder" and not has_encoder)
+                              or (component in TAESD_COMPONENTS and component.split("_")[1] not in taesd))
                 if components_given and (formats_given or everywhere):
                     raise ExportError(f"cannot export {component} as {fmt}: {reason}")
                 skipped.append({"component": component, "format": fmt, "precision": ",".join(wanted),

@@ -58,12 +58,17 @@ class _Wrapper(tf.Module):
 
 
 class TextEncoderModule(_Wrapper):
-    """token_ids int32 [B, 77] -> context float32 [B, 77, D]."""
+    """token_ids int32 [B, 77] -> context float32 [B, 77, D].
 
-    def __init__(self, text_encoder, batch=None, jit_compile=False):
+    `clip_skip` (A1111's meaning, as the pipeline's) is baked in: an edge client cannot pick a
+    layer of a file, and a context from another layer than the pipeline's would condition the
+    served UNet on what it was not run with."""
+
+    def __init__(self, text_encoder, batch=None, jit_compile=False, clip_skip=1):
         super().__init__(name="text_encoder")
-        self._net = Untracked(text_encoder)
         length = text_encoder.config.max_position_embeddings
+        self.clip_skip = int(clip_skip)
+        self._net = Untracked(text_encoder.with_clip_skip(self.clip_skip))
         self.default_dims = {}
         self.serve = tf.function(self._serve, jit_compile=jit_compile,
                                  input_signature=[tf.TensorSpec([batch, length], tf.int32, name="token_ids")])
@@ -79,8 +84,8 @@ class DecoderModule(_Wrapper):
     (TF.js turns uint8 into int32 anyway)."""
 
     def __init__(self, decoder, scaling_factor, latent_channels, latent_size, batch=None, size=None,
-                 jit_compile=False):
-        super().__init__(name="decoder")
+                 jit_compile=False, name="decoder"):
+        super().__init__(name=name)
         self._net, self.scaling_factor = Untracked(decoder), float(scaling_factor)
         self.default_dims = {1: latent_size, 2: latent_size}
         self.serve = tf.function(self._serve, jit_compile=jit_compile, input_signature=[
@@ -94,35 +99,54 @@ class DecoderModule(_Wrapper):
 
 class ImageEncoderModule(_Wrapper):
     """images uint8 [B, H, W, 3] -> latents float32 [B, H/8, W/8, 4]: posterior mean x scaling
-    factor, what img2img and inpainting start from (`pipeline.encode_image`)."""
+    factor, what img2img and inpainting start from (`pipeline.encode_image`). TAESD's encoder
+    (`outputs_latents`) has no posterior: its output is the latents, as the pipeline reads it."""
 
-    def __init__(self, encoder, scaling_factor, image_size, batch=None, size=None, jit_compile=False):
-        super().__init__(name="image_encoder")
+    def __init__(self, encoder, scaling_factor, image_size, batch=None, size=None, jit_compile=False,
+                 name="image_encoder"):
+        super().__init__(name=name)
         self._net, self.scaling_factor = Untracked(encoder), float(scaling_factor)
+        self.posterior = not getattr(encoder, "outputs_latents", False)
         self.default_dims = {1: image_size, 2: image_size}
         self.serve = tf.function(self._serve, jit_compile=jit_compile, input_signature=[
             tf.TensorSpec([batch, size, size, 3], tf.uint8, name="images")])
 
     def _serve(self, images):
         pixels = tf.cast(images, tf.float32) / 127.5 - 1.0
-        mean, _ = split_moments(self._net.obj(pixels, training=False))
+        encoded = self._net.obj(pixels, training=False)
+        mean = split_moments(encoded)[0] if self.posterior else encoded
         return {"latents": tf.cast(mean, tf.float32) * self.scaling_factor}
 
 
 class UNetStepModule(_Wrapper):
-    """One noise prediction, for runtimes that cannot hold the sampling loop (TFLite): the
-    client runs the scheduler itself and feeds [unconditional, conditional] as a batch of 2."""
+    """One model output (noise, or v for v-prediction models), for runtimes that cannot hold the
+    sampling loop (TFLite): the client runs the scheduler itself and feeds [unconditional,
+    conditional] as a batch of 2. An LCM-distilled UNet (`time_cond_proj_dim`) also takes
+    `guidance_scale` [B]; the graph turns it into the embedding of guidance - 1 the UNet was
+    distilled with (models.unet.guidance_embedding), so clients need not reimplement it."""
 
     def __init__(self, unet, latent_size, context_length, batch=2):
         super().__init__(name="diffusion")
         self._net = Untracked(unet)
         c = unet.config
+        self.guidance_dim = c.time_cond_proj_dim
         self.default_dims = {}
-        self.serve = tf.function(self._serve, input_signature=[
+        spec = [
             tf.TensorSpec([batch, latent_size, latent_size, c.in_channels], tf.float32, name="latents"),
             tf.TensorSpec([batch], tf.float32, name="timesteps"),
             tf.TensorSpec([batch, context_length, c.cross_attention_dim], tf.float32, name="context"),
-        ])
+        ]
+        if self.guidance_dim:
+            spec.append(tf.TensorSpec([batch], tf.float32, name="guidance_scale"))
+            self.serve = tf.function(self._serve_guided, input_signature=spec)
+        else:
+            self.serve = tf.function(self._serve, input_signature=spec)
 
     def _serve(self, latents, timesteps, context):
         return {"noise": tf.cast(self._net.obj([latents, timesteps, context], training=False), tf.float32)}
+
+    def _serve_guided(self, latents, timesteps, context, guidance_scale):
+        from models.unet import guidance_embedding
+
+        cond = guidance_embedding(guidance_scale - 1.0, self.guidance_dim)
+        return {"noise": tf.cast(self._net.obj([latents, timesteps, context, cond], training=False), tf.float32)}

@@ -2,7 +2,7 @@
 // POST /api/v1/diffuse does only the diffusion. Query options: ?backend=wasm (force one),
 // ?exports=/exports/ (where manifest.json is), ?api= (server base URL, default this origin).
 import { selectBackend, ORDER } from "./backend.js";
-import { loadManifest, loadModel, run } from "./models.js";
+import { findArtifact, loadManifest, loadModel, run, vaeChoices } from "./models.js";
 import { CLIPTokenizer } from "./tokenizer.js";
 import { usesUnconditional } from "./guidance.js";
 import { pasteBack, repaintMask } from "./imaging.js";
@@ -30,20 +30,21 @@ function setStatus(text, kind = "ok") {
 const ms = (t) => `${t.toFixed(0)} ms`;
 const kb = (n) => `${n} B (${(n / 1024).toFixed(1)} KiB)`;
 
-async function ensureModels(precision) {
-  if (state.precision === precision) return;
+async function ensureModels(precision, vae = "full") {
+  if (state.precision === precision && state.vae === vae) return;
   const t0 = performance.now();
   const sources = [];
   let bytes = 0;
   for (const c of ["text_encoder", "decoder", "image_encoder"]) {
-    if (c === "image_encoder" && !state.manifest.artifacts.some((a) => a.component === c && a.format === "tfjs")) continue;
-    setStatus(`Loading ${c} (${precision})…`, "busy");
+    if (c === "image_encoder" && !findArtifact(state.manifest, c, precision, vae)) continue; // only inpainting needs it
+    setStatus(`Loading ${c} (${precision}${c === "text_encoder" ? "" : `, ${vae} VAE`})…`, "busy");
     if (state.models[c]) state.models[c].model.dispose();
-    state.models[c] = await loadModel(tf, EXPORTS, state.manifest, c, precision);
+    state.models[c] = await loadModel(tf, EXPORTS, state.manifest, c, precision, vae);
     sources.push(`${c}: ${state.models[c].source}`);
     bytes += state.models[c].bytes;
   }
   state.precision = precision;
+  state.vae = vae;
   state.modelSources = Object.fromEntries(Object.entries(state.models).map(([k, v]) => [k, v.source]));
   $("weights").textContent = `${precision}, ${(bytes / 1e6).toFixed(1)} MB (${sources.join(", ")}) in ${ms(performance.now() - t0)}`;
 }
@@ -175,7 +176,7 @@ function settings() {
     prompt: $("prompt").value, negative: $("negative").value.trim(),
     seed: seed === "" ? null : Number(seed), steps: Number($("steps").value),
     guidance: Number($("guidance").value), scheduler: $("scheduler").value,
-    precision: $("precision").value, dtype: $("dtype").value,
+    precision: $("precision").value, dtype: $("dtype").value, vae: $("vae").value,
     maskBlur: Number($("mask-blur").value), strength: Number($("strength").value),
   };
 }
@@ -187,7 +188,7 @@ async function generate() {
   const s = settings();
   const timings = {};
   try {
-    await ensureModels(s.precision);
+    await ensureModels(s.precision, s.vae);
     // the request's LoRAs by the server's rule (edge/web/loras.js): tags out of the prompt; a
     // text-encoder LoRA makes this page's text encoder wrong for it, so the server encodes
     const plan = planLoras(s.prompt, s.negative, pickedLoras(), state.serverInfo);
@@ -354,7 +355,8 @@ async function main() {
     renderLoras();
     for (const s of m.schedulers) $("scheduler").add(new Option(s, s, s === m.default_scheduler, s === m.default_scheduler));
     if (!m.artifacts.some((a) => a.format === "tfjs" && a.precision === "float16")) $("precision").value = "float32";
-    await ensureModels($("precision").value);
+    for (const v of vaeChoices(m)) $("vae").add(new Option(v === "taesd" ? "TAESD (fast)" : "full VAE", v));
+    await ensureModels($("precision").value, $("vae").value);
     clearMask();
     installPainting();
     const count = () => {

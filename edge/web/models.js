@@ -11,8 +11,25 @@ export async function loadManifest(base) {
   return m;
 }
 
-export function findArtifact(manifest, component, precision) {
-  return manifest.artifacts.find((a) => a.component === component && a.format === "tfjs"
+// vae "taesd": the export's TAESD files (python -m exports --taesd) in the decoder's and the image
+// encoder's places: the same inputs and outputs, a fraction of the cost (edge/client.py VAE_FILES).
+export const VAE_FILES = { full: {}, taesd: { decoder: "taesd_decoder", image_encoder: "taesd_encoder" } };
+
+/** The component whose files play `component`'s part with this vae choice. */
+export function storedComponent(component, vae = "full") {
+  if (!(vae in VAE_FILES)) throw new Error(`vae must be one of ${Object.keys(VAE_FILES).join(", ")}, got ${vae}`);
+  return VAE_FILES[vae][component] || component;
+}
+
+/** The vae choices this export offers in TF.js: "full", and "taesd" when it has a TAESD decoder. */
+export function vaeChoices(manifest) {
+  const hasTaesd = manifest.artifacts.some((a) => a.component === "taesd_decoder" && a.format === "tfjs");
+  return hasTaesd ? ["full", "taesd"] : ["full"];
+}
+
+export function findArtifact(manifest, component, precision, vae = "full") {
+  const stored = storedComponent(component, vae);
+  return manifest.artifacts.find((a) => a.component === stored && a.format === "tfjs"
     && a.precision === precision && !a.variant) || null;
 }
 
@@ -27,9 +44,10 @@ async function dropStale(tf, component, precision, key) {
 }
 
 /** Loads one component; returns {model, source: "cache"|"network", bytes}. */
-export async function loadModel(tf, base, manifest, component, precision) {
-  const art = findArtifact(manifest, component, precision);
-  if (!art) throw new Error(`the export has no TF.js ${component} (${precision})`);
+export async function loadModel(tf, base, manifest, component, precision, vae = "full") {
+  const art = findArtifact(manifest, component, precision, vae);
+  if (!art) throw new Error(`the export has no TF.js ${storedComponent(component, vae)} (${precision})`);
+  component = art.component; // the cache is keyed by the files' own component
   const key = `indexeddb://${CACHE_PREFIX}${component}-${precision}-${art.sha256.slice(0, 16)}`;
   try {
     const model = await tf.loadGraphModel(key);
