@@ -5,6 +5,11 @@ moments per image, a context per distinct caption); each step then costs only th
 Every random draw of a step (latent sample, timestep, noise, caption dropout, batch order)
 is a pure function of (seed, step), so a run resumed from a checkpoint continues exactly as
 if it had never stopped.
+
+With `TrainConfig.lora` only LoRA factors train (training/lora.py), the base stays frozen and
+the output is one .safetensors LoRA file; with `lora.text_encoder` the text encoder's LoRA
+trains too, so the text encoder then runs inside every step on the captions' token ids
+(caption dropout swaps in the empty prompt's ids) instead of using the cached contexts.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tqdm import tqdm
 from models.unet import UNet
 
 from .ema import EMA
+from .lora import LoraAdapters, LoraTrainConfig, save_lora
 from .plots import save_loss_curve
 
 PRECISIONS = {"no": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -49,6 +55,7 @@ class TrainConfig:
     sample_steps: int = 20
     seed: int = 0
     strategy: str = "default"
+    lora: LoraTrainConfig | None = None  # train only a LoRA (training/lora.py); None: the whole UNet
 
     def validate(self, n_examples: int):
         if self.mixed_precision not in PRECISIONS:
@@ -65,6 +72,10 @@ class TrainConfig:
             raise ValueError("caption_dropout must be in [0, 1)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in (0, 1), or None to disable EMA")
+        if self.lora is not None:
+            if isinstance(self.lora, dict):
+                self.lora = LoraTrainConfig(**self.lora)
+            self.lora.validate()
 
     def total_steps(self, n_examples: int) -> int:
         if self.steps is not None:
@@ -108,6 +119,8 @@ class EncodedDataset:
         ctx = [components.text_encoder(ids[i:i + 256], training=False).numpy() for i in range(0, len(ids), 256)]
         ctx = np.concatenate(ctx)
         self.empty_context, self.contexts = ctx[0], ctx[1:]
+        ids = np.asarray(ids, np.int32)  # for a text encoder that trains (a text-encoder LoRA)
+        self.empty_ids, self.token_ids = ids[0], ids[1:]
         self.captions = captions
         self.scaling_factor = components.scaling_factor
         log(f"encoded {len(images)} images and {len(unique)} distinct captions "
@@ -142,7 +155,9 @@ class BatchOrder:
 
 
 class DiffusionTrainer:
-    """Trains `components.unet` (or a fresh UNet of `unet_config`) on an EncodedDataset."""
+    """Trains `components.unet` (or a fresh UNet of `unet_config`, or a LoRA on the frozen
+    `components.unet` / text encoder with `config.lora`) on an EncodedDataset. The networks it
+    trains are copies: `components` are never changed."""
 
     def __init__(self, components, data: EncodedDataset, config: TrainConfig, out_dir, unet_config=None,
                  sample_prompts=None, log=print):
@@ -154,27 +169,45 @@ class DiffusionTrainer:
         self.order = BatchOrder(len(data), config.batch_size, config.seed)
         self.sample_prompts = sample_prompts or sorted(set(data.captions))[:4]
         self.strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
+        if config.lora is not None and unet_config is not None:
+            raise ValueError("a LoRA trains on the base model's UNet; it cannot start from a fresh unet_config")
         base_config = unet_config or components.unet.config
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(PRECISIONS[config.mixed_precision])
+        self.text_encoder, self.lora = None, None
         try:
             with self.strategy.scope():
                 self.unet = UNet(base_config)
                 if unet_config is None:
-                    for dst, src in zip(self.unet.weights, components.unet.weights):
-                        dst.assign(tf.cast(src, dst.dtype))
+                    _copy_weights(components.unet, self.unet)
+                if config.lora is not None:
+                    networks = {"unet": self.unet}
+                    if config.lora.text_encoder:
+                        from models.text_encoder import TextEncoder
+
+                        self.text_encoder = TextEncoder(components.text_encoder.config)
+                        _copy_weights(components.text_encoder, self.text_encoder)
+                        networks["text_encoder"] = self.text_encoder
+                    self.lora = LoraAdapters(networks, config.lora)
+                    self.train_variables = self.lora.trainable_variables
+                else:
+                    self.train_variables = self.unet.trainable_variables
                 lr = WarmupSchedule(config.learning_rate, config.warmup_steps, self.total, config.lr_schedule)
                 opt = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay,
                                              global_clipnorm=config.max_grad_norm or None)
                 if config.mixed_precision == "float16":
                     opt = keras.optimizers.LossScaleOptimizer(opt)
                 self.optimizer = opt
-                self.optimizer.build(self.unet.trainable_variables)
-                self.ema = EMA(self.unet.trainable_variables, config.ema_decay) if config.ema_decay else None
+                self.optimizer.build(self.train_variables)
+                self.ema = EMA(self.train_variables, config.ema_decay) if config.ema_decay else None
         finally:
             keras.config.set_dtype_policy(previous)
+        if self.lora is not None:
+            log(f"LoRA rank {config.lora.rank}, alpha {config.lora.scale_alpha:g} on {len(self.lora.layers)} layers "
+                f"({self.lora.parameter_count():,} parameters); the base weights are frozen")
         self.step = 0
         self.empty = tf.constant(data.empty_context)
+        self.empty_ids = tf.constant(data.empty_ids)
         self._train_step = tf.function(self._distributed_step, reduce_retracing=True)
 
     # -- one step --------------------------------------------------------------------
@@ -188,9 +221,14 @@ class DiffusionTrainer:
         t = tf.random.stateless_uniform([b], seeds[1], 0, self.components.schedule.num_train_timesteps, tf.int32)
         noise = tf.random.stateless_normal(tf.shape(latents), seeds[2])
         drop = tf.random.stateless_uniform([b], seeds[3]) < cfg.caption_dropout
-        ctx = tf.where(drop[:, None, None], self.empty[None], ctx)
+        if self.text_encoder is None:  # `ctx`: the cached contexts
+            ctx = tf.where(drop[:, None, None], self.empty[None], ctx)
+        else:  # `ctx`: token ids, encoded by the training text encoder below
+            ctx = tf.where(drop[:, None], self.empty_ids[None], ctx)
         noisy = self.components.schedule.add_noise(latents, noise, t)
         with tf.GradientTape() as tape:
+            if self.text_encoder is not None:
+                ctx = self.text_encoder(ctx, training=True)
             eps = self.unet([noisy, tf.cast(t, tf.float32), ctx], training=True)
             # the noise, or v for a v-prediction model (NoiseSchedule.training_target)
             target = self.components.schedule.training_target(latents, noise, t)
@@ -198,26 +236,30 @@ class DiffusionTrainer:
             scaled = loss / self.strategy.num_replicas_in_sync
             if cfg.mixed_precision == "float16":
                 scaled = self.optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, self.unet.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.unet.trainable_variables))
+        grads = tape.gradient(scaled, self.train_variables)
+        self.optimizer.apply_gradients(zip(grads, self.train_variables))
         return loss
 
     def _distributed_step(self, mean, std, ctx, seed, step):
         losses = self.strategy.run(self._replica_step, args=(mean, std, ctx, seed))
         loss = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
         if self.ema is not None:
-            self.ema.update(self.unet.trainable_variables, step)
+            self.ema.update(self.train_variables, step)
         return loss
 
     def _batch(self, step):
         idx = self.order.indices(step)
-        ctx = self.data.contexts[self.data.caption_index[idx]]
+        table = self.data.contexts if self.text_encoder is None else self.data.token_ids
+        ctx = table[self.data.caption_index[idx]]
         return (tf.constant(self.data.mean[idx]), tf.constant(self.data.std[idx]), tf.constant(ctx),
                 tf.constant([self.config.seed, step], tf.int64), tf.constant(step, tf.int64))
 
     # -- checkpoints -----------------------------------------------------------------
     def _state_arrays(self):
-        arrays = {f"unet/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.unet.weights)}
+        if self.lora is not None:  # the base is --model's, unchanged: only the factors are state
+            arrays = {f"lora/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.train_variables)}
+        else:
+            arrays = {f"unet/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.unet.weights)}
         arrays.update({f"optimizer/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)})
         if self.ema is not None:
             arrays.update({f"ema/{i}": v for i, v in enumerate(self.ema.values())})
@@ -232,6 +274,8 @@ class DiffusionTrainer:
         save_file({k: np.ascontiguousarray(v) for k, v in self._state_arrays().items()}, str(tmp / "state.safetensors"))
         meta = {"step": self.step, "config": dataclasses.asdict(self.config), "data": self.data.fingerprint(),
                 "unet_config": self.unet.config.to_dict()}
+        if self.lora is not None:
+            meta["lora"] = {"layout": self.lora.config.layout(), "variables": self.lora.variable_names()}
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():
             import shutil
@@ -251,9 +295,20 @@ class DiffusionTrainer:
         meta = json.loads((Path(folder) / "trainer.json").read_text())
         if meta["data"] != self.data.fingerprint():
             raise ValueError(f"checkpoint {folder} was trained on a different dataset; use another --out")
+        mine = None if self.lora is None else {"layout": self.lora.config.layout(), "variables": self.lora.variable_names()}
+        if meta.get("lora") != mine:
+            def what(lora):
+                return "the whole UNet" if lora is None else f"a LoRA {lora['layout']}"
+
+            raise ValueError(f"checkpoint {folder} trained {what(meta.get('lora'))}, this run trains {what(mine)}; "
+                             "use another --out, or --no-resume to start over there")
         arrays = load_file(str(Path(folder) / "state.safetensors"))
-        for i, v in enumerate(self.unet.weights):
-            v.assign(np.reshape(arrays[f"unet/{i}"], v.shape))
+        if self.lora is not None:
+            for i, v in enumerate(self.train_variables):
+                v.assign(np.reshape(arrays[f"lora/{i}"], v.shape))
+        else:
+            for i, v in enumerate(self.unet.weights):
+                v.assign(np.reshape(arrays[f"unet/{i}"], v.shape))
         for i, v in enumerate(self.optimizer.variables):
             v.assign(np.reshape(arrays[f"optimizer/{i}"], v.shape))
         if self.ema is not None:
@@ -269,6 +324,23 @@ class DiffusionTrainer:
         for dst, src in zip(unet.trainable_variables, values):
             dst.assign(src)
         return unet
+
+    def lora_path(self) -> Path:
+        return self.out / f"{self.config.lora.name}.safetensors"
+
+    def save_lora(self, path=None, fmt=None) -> Path:
+        """The LoRA file (EMA factors, or the raw ones without EMA) in `fmt` (default: the
+        config's), read back and checked."""
+        lora = self.config.lora
+        fmt = fmt or lora.format
+        values = self.ema.values() if self.ema is not None else None
+        metadata = {"trained_with": "python -m training.finetune", "base_model": self.components.name,
+                    "steps": str(self.step)}
+        if fmt == "kohya":  # what kohya's sd-scripts record, which A1111-style tools show
+            metadata.update({"ss_network_module": "networks.lora", "ss_network_dim": str(lora.rank),
+                             "ss_network_alpha": f"{lora.scale_alpha:g}", "ss_steps": str(self.step)})
+        networks = {"unet": self.components.unet, "text_encoder": self.components.text_encoder}
+        return Path(save_lora(path or self.lora_path(), self.lora, networks, values, metadata, fmt))
 
     def save_unet(self, folder=None):
         import dataclasses as dc
@@ -287,9 +359,21 @@ class DiffusionTrainer:
 
         from .plots import save_grid
 
-        pipe = StableDiffusionPipeline(dc.replace(self.components, unet=self.final_unet()))
-        images = pipe.generate(self.sample_prompts, num_steps=self.config.sample_steps, seed=0,
-                               batch_size=len(self.sample_prompts)).images
+        if self.lora is not None:  # the base with the LoRA file as a user loads it (merged, then restored)
+            import tempfile
+
+            pipe = StableDiffusionPipeline(self.components)
+            with tempfile.TemporaryDirectory() as tmp:
+                pipe.load_lora(self.save_lora(Path(tmp) / "sample.safetensors"))
+            try:
+                images = pipe.generate(self.sample_prompts, num_steps=self.config.sample_steps, seed=0,
+                                       batch_size=len(self.sample_prompts)).images
+            finally:
+                pipe.unload_loras()
+        else:
+            pipe = StableDiffusionPipeline(dc.replace(self.components, unet=self.final_unet()))
+            images = pipe.generate(self.sample_prompts, num_steps=self.config.sample_steps, seed=0,
+                                   batch_size=len(self.sample_prompts)).images
         path = self.out / "samples" / f"step-{self.step:07d}.png"
         save_grid(images, path, captions=self.sample_prompts)
         return path
@@ -329,4 +413,9 @@ class DiffusionTrainer:
         bar.close()
         save_loss_curve(log_path, self.out / "loss.png")
         self.save_checkpoint()
-        return self.save_unet()
+        return self.save_lora() if self.lora is not None else self.save_unet()
+
+
+def _copy_weights(src, dst):
+    for d, s in zip(dst.weights, src.weights):
+        d.assign(tf.cast(s, d.dtype))

@@ -7,9 +7,10 @@
     text, loras = prompt_loras("a cat <lora:style:0.8>", pipe.loaded_loras)
 
     files.py          read a .safetensors (or, opted in, a pickle) LoRA; describe_lora
-    formats.py        the key grammar of kohya/A1111, LoCon, diffusers/PEFT files -> modules
+    formats.py        the key grammar of kohya/A1111, LoCon, diffusers/PEFT files -> modules, and back
+                      (lora_state_dict: the kohya / diffusers files training/lora.py writes)
     peft_metadata.py  alpha/rank per module from diffusers' lora_adapter_metadata
-    targets.py        our weights by every name files use; strict binding with shape checks
+    targets.py        our weights by every name files use (file_name: the inverse); strict binding
     delta.py          the update in Keras layout as two factors
     describe.py       what a file is (networks, ranks, base model) without a model
     merge.py          the merge, the exact restore, the lock

@@ -53,6 +53,23 @@ def keras_factors(down: np.ndarray, up: np.ndarray, target_shape) -> tuple[np.nd
     return a, up.T
 
 
+def torch_factors(a: np.ndarray, b: np.ndarray, target_shape) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of keras_factors: (down, up) in PyTorch layout from A (the kernel's shape with
+    its last axis the rank, or [K, r]) and B [r, out] for a Keras kernel of `target_shape`; a
+    conv's up is a 1x1 kernel [out, r, 1, 1], as LoCon and PEFT's Conv2d LoRA store it."""
+    target_shape = tuple(int(d) for d in target_shape)
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    r = int(b.shape[0])
+    if b.ndim != 2 or a.shape[-1] != r or int(np.prod(a.shape[:-1])) != int(np.prod(target_shape[:-1])) \
+            or b.shape[1] != target_shape[-1]:
+        raise ShapeMismatch(f"factors {list(a.shape)} @ {list(b.shape)} do not make a kernel {list(target_shape)}")
+    if len(target_shape) == 2:
+        return np.ascontiguousarray(a.reshape(target_shape[0], r).T), np.ascontiguousarray(b.T)
+    kh, kw, cin, _ = target_shape
+    down = a.reshape(kh, kw, cin, r).transpose(3, 2, 0, 1)
+    return np.ascontiguousarray(down), np.ascontiguousarray(b.T[:, :, None, None])
+
+
 def _misfit(down, out, target_shape):
     delta = [out, *[int(d) for d in down.shape[1:]]]
     return f"its update is {delta} but the weight is {list(torch_shape(target_shape))}"
@@ -77,4 +94,4 @@ def merged(original, parts, shape):
     return tf.cast(tf.cast(original, tf.float32) + delta, original.dtype)
 
 
-__all__ = ["ShapeMismatch", "keras_factors", "torch_shape", "merged"]
+__all__ = ["ShapeMismatch", "keras_factors", "torch_factors", "torch_shape", "merged"]

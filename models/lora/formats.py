@@ -203,5 +203,69 @@ def parse_lora(tensors: dict, metadata: dict | None = None, what: str = "LoRA fi
     return ParsedLora(modules, tuple(sorted(formats)), metadata)
 
 
+# -- writing: the inverse of the grammar above, for the files training writes -----------------
+
+WRITE_FORMATS = ("kohya", "diffusers")
+KOHYA_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te"}  # KOHYA_NETWORKS for our networks, inverted
+assert all(KOHYA_NETWORKS[p] == n for n, p in KOHYA_PREFIX.items())
+
+
+def file_style(fmt: str) -> str:
+    """How a written format spells module names: "kohya" ("_" for ".") or "dotted" (the path)."""
+    if fmt not in WRITE_FORMATS:
+        raise ValueError(f"LoRA format {fmt!r} cannot be written; choose one of {', '.join(WRITE_FORMATS)}")
+    return "kohya" if fmt == "kohya" else "dotted"
+
+
+def _peft_target(network, name):
+    """A module as the PEFT config names it. CLIP's modules lose `text_model.` there: transformers 5
+    dropped that level, and PEFT matches a target as the module's whole path or its ending, so the
+    shorter name fits both versions (diffusers strips the prefix from the keys itself)."""
+    if network == "text_encoder" and name.startswith("text_model."):
+        return name[len("text_model."):]
+    return name
+
+
+def lora_state_dict(modules, fmt: str) -> tuple[dict, dict]:
+    """(tensors, safetensors metadata) of a LoRA file in `fmt`, from modules given as
+    (network, name as the file spells it (see file_style), down, up, alpha) in PyTorch layout.
+
+    kohya: `lora_unet_<name>.lora_down.weight` / `.lora_up.weight` / `.alpha` (the update is
+    alpha / rank * up @ down). diffusers: `<network>.<name>.lora_A.weight` / `.lora_B.weight`, with
+    each network's PEFT config (r, lora_alpha, target_modules; rank_pattern / alpha_pattern where
+    modules differ from the network's first) under `lora_adapter_metadata`, as diffusers'
+    save_lora_weights writes it: without it readers would take alpha = rank. parse_lora reads
+    both back (tests check that, and that diffusers' load_lora_weights agrees)."""
+    import json
+
+    from .peft_metadata import METADATA_KEY
+
+    style = file_style(fmt)
+    tensors, configs = {}, {}
+    for network, name, down, up, alpha in modules:
+        down, up = np.ascontiguousarray(down, np.float32), np.ascontiguousarray(up, np.float32)
+        rank = int(down.shape[0])
+        if style == "kohya":
+            stem = f"{KOHYA_PREFIX[network]}_{name}"
+            tensors[f"{stem}.lora_down.weight"], tensors[f"{stem}.lora_up.weight"] = down, up
+            tensors[f"{stem}.alpha"] = np.array(alpha, np.float32)
+            continue
+        tensors[f"{network}.{name}.lora_A.weight"], tensors[f"{network}.{name}.lora_B.weight"] = down, up
+        config = configs.setdefault(network, {"r": rank, "lora_alpha": float(alpha), "target_modules": [],
+                                              "rank_pattern": {}, "alpha_pattern": {}})
+        target = _peft_target(network, name)
+        config["target_modules"].append(target)
+        if rank != config["r"]:
+            config["rank_pattern"][target] = rank
+        if float(alpha) != config["lora_alpha"]:
+            config["alpha_pattern"][target] = float(alpha)
+    metadata = {}
+    if configs:
+        flat = {f"{network}.{key}": value for network, config in configs.items() for key, value in config.items()}
+        metadata[METADATA_KEY] = json.dumps(flat, sort_keys=True)
+    return tensors, metadata
+
+
 __all__ = ["LoraModule", "ParsedLora", "parse_lora", "check_supported", "classify_key", "guess_network",
-           "SDXL_TEXT_ENCODER_1", "SDXL_TEXT_ENCODER_2", "TRANSFORMER"]
+           "SDXL_TEXT_ENCODER_1", "SDXL_TEXT_ENCODER_2", "TRANSFORMER", "WRITE_FORMATS", "file_style",
+           "lora_state_dict"]

@@ -58,6 +58,23 @@ class NetworkTargets:
         module = (self.underscored if style == "kohya" else self.dotted).get(name)
         return None if module is _AMBIGUOUS else module
 
+    def module_of(self, variable) -> str:
+        """Our module path of one of this network's kernels (the name training writes from)."""
+        if not hasattr(self, "_by_path"):
+            self._by_path = {v.path: m for m, v in self.variables.items()}
+        try:
+            return self._by_path[variable.path]
+        except KeyError:
+            raise KeyError(f"{variable.path} is no LoRA-able kernel of this {self.kind}") from None
+
+    def file_name(self, module: str, style: str) -> str:
+        """How a file of `style` names `module`: the inverse of find(), checked against it, so a
+        written file resolves back to exactly this weight (an ambiguous kohya spelling is refused)."""
+        name = module.replace(".", "_") if style == "kohya" else module
+        if self.find(style, name) != module:
+            raise LoraMismatchError(f"{self.kind} module {module} has no unambiguous {style} name ({name!r})")
+        return name
+
 
 @dataclasses.dataclass
 class Bound:
