@@ -4,7 +4,10 @@ Why not pytest-xdist: its workers live for the whole run, and TensorFlow does no
 back while a process lives, so a worker that has run a few dozen files holds 8 to 15 GB and two
 of them exhaust this 24 GB machine. A process per file releases everything when the file ends
 (TensorFlow's import costs a few seconds per file). Files marked `heavy` (full-size models, the
-full-size TF.js converter: 10 GB and more) run after the others, alone.
+full-size TF.js converter: up to 8 GB measured) never run two at once: one lane takes them first, one
+after the other, while the other lane runs the light files (largest first), and a light file
+starts beside a heavy one only while the machine has MIN_FREE_GB available. Much of a heavy
+file's time is single-threaded converter work, so the second core would otherwise sit idle.
 
     python scripts/run_tests.py [--jobs 2] [pytest args...]
 """
@@ -12,19 +15,21 @@ full-size TF.js converter: 10 GB and more) run after the others, alone.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY = re.compile(r"^=*\s*((?:\d+ (?:passed|failed|skipped|deselected|errors?|xfailed|xpassed|warnings?)[, ]*)+) in [0-9.]+s",
                      re.M)
+
+SLOWEST = re.compile(r"^[0-9.]+s (?:call|setup|teardown) +\S.*$", re.M)
 
 
 def test_files():
@@ -59,9 +64,54 @@ def print_machine():
           flush=True)
 
 
+# A light file starts beside a running heavy one only with this much memory available.
+MIN_FREE_GB = 8
+
+
+def available_gb():
+    """MemAvailable from /proc/meminfo; None where there is none (then no guard)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
+class Lanes:
+    """Hands out test files: heavy ones to the first lane only (so never two at once), light
+    ones to any lane, largest first."""
+
+    def __init__(self, light, heavy):
+        self.light, self.heavy = list(light), list(heavy)
+        self.heavy_running = 0
+        self.cond = threading.Condition()
+
+    def next(self, takes_heavy):
+        with self.cond:
+            if takes_heavy and self.heavy:
+                self.heavy_running += 1
+                return self.heavy.pop(0)
+            while self.light:
+                free = available_gb()
+                if not self.heavy_running or free is None or free >= MIN_FREE_GB:
+                    return self.light.pop(0)
+                self.cond.wait(timeout=5)  # a heavy file holds the memory: wait for it to shrink or end
+            return None
+
+    def finished(self, path):
+        with self.cond:
+            if "pytest.mark.heavy" in path.read_text():
+                self.heavy_running -= 1
+            self.cond.notify_all()
+
+
 def run_file(path, extra):
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *extra,
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--durations=5",
+           "--durations-min=20", *extra,
            str(path.relative_to(ROOT))]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
@@ -79,6 +129,8 @@ def report(done, total, result):
     skipped = [line for line in out.splitlines() if line.startswith("SKIPPED")]
     for line in skipped:
         print(f"        {line}", flush=True)
+    for line in SLOWEST.findall(out):  # where the suite's time goes, for whoever makes it faster
+        print(f"        slow: {line}", flush=True)
     if not ok:
         print(out[-12000:], flush=True)
 
@@ -90,18 +142,27 @@ def main(argv=None):
     light, heavy = test_files()
     print_machine()
     warn_if_short_of_disk()
-    total, done, failed = len(light) + len(heavy), 0, []
+    total, failed = len(light) + len(heavy), []
     t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(args.jobs) as pool:
-        for result in cf.as_completed([pool.submit(run_file, f, extra) for f in light]):
-            done += 1
-            report(done, total, result.result())
-            failed += [] if result.result()[1] else [result.result()[0]]
-    for f in heavy:
-        done += 1
-        result = run_file(f, extra)
-        report(done, total, result)
-        failed += [] if result[1] else [f]
+    queue = Lanes(light, heavy)
+    lock = threading.Lock()
+    done = [0]
+
+    def lane(takes_heavy):
+        while (path := queue.next(takes_heavy)) is not None:
+            result = run_file(path, extra)
+            queue.finished(path)
+            with lock:
+                done[0] += 1
+                report(done[0], total, result)
+                if not result[1]:
+                    failed.append(path)
+
+    threads = [threading.Thread(target=lane, args=(k == 0,)) for k in range(max(1, args.jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     minutes = (time.perf_counter() - t0) / 60
     if failed:
         print(f"\n{len(failed)} of {total} test files FAILED in {minutes:.1f} min: "
