@@ -425,6 +425,9 @@ def test_the_picker_lists_the_loras_and_its_weights_reach_the_chain(ui, engine, 
     with pytest.raises(AppError, match="not a number"):
         client.predict(prompt=PROMPT, steps=STEPS, loras={"headers": rows["headers"], "data": [["ink", "x", ""]]},
                        api_name="/txt2img")
+    for bad in ("ink:1", 3, {"headers": ["LoRA"], "data": "zz"}, {"data": [["ink", "1e400"]]}):
+        with pytest.raises(AppError):  # refused with an error event, and the server keeps serving
+            client.predict(prompt=PROMPT, steps=STEPS, loras=bad, api_name="/txt2img")
     page = __import__("httpx").get(url + "/config").json()
     frames = [c for c in page["components"] if c.get("props", {}).get("elem_id") in ("loras", "img2img-loras",
                                                                                        "inpaint-loras")]

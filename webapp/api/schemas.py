@@ -65,7 +65,7 @@ def loras_from_text(text: str | None) -> list | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
         raise ApiError(400, "bad_loras", f'loras must be a JSON list such as [{{"name": "ink", "scale": 0.8}}], '
                        f"got {text[:80]!r}") from None
     if not isinstance(value, list):
