@@ -118,7 +118,11 @@ def test_manifest_lists_every_artifact_with_client_facts(out, manifest, pipe):
     for files in (t["files"], t["tfjs_files"]):
         for rel in files.values():
             assert os.path.isfile(os.path.join(out, rel))
-    assert manifest["schedulers"] == ["ddim", "dpmpp_2m", "euler", "euler_a"]
+    assert manifest["schedulers"] == ["ddim", "dpmpp_2m", "euler", "euler_a", "dpmpp_2m_karras", "euler_karras", "lcm"]
+    facts = pipe.info()
+    for key in ("model_family", "prediction_type", "timestep_spacing", "clip_skip", "guidance_embedding"):
+        assert manifest["model"][key] == facts[key], key
+    assert manifest["model"]["model_family"] == "sd1" and manifest["loras"] == []
     assert manifest["model"]["version"].startswith(c.name + "-")
     assert manifest["serving"]["models"]["diffusion"] == "savedmodel/diffusion"
     serving = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "models.config")
@@ -213,13 +217,13 @@ def test_diffusion_inpaint_signature_reproduces_pipeline(loaded, pipe, manifest,
     assert rel_err(got, ref.latents) < 1e-4
 
 
-def test_diffusion_rejects_bad_requests(loaded, pipe):
+def test_diffusion_rejects_bad_requests(loaded, pipe, manifest):
     fn = loaded("diffusion").signatures["serving_default"]
     ctx = tf.constant(pipe.encode_text([""]))
     base = dict(context=ctx, unconditional_context=ctx, seed=tf.constant([1], tf.int64),
                 guidance_scale=tf.constant([7.5]), num_steps=tf.constant([2]), scheduler=tf.constant([0]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="scheduler"):
-        fn(**{**base, "scheduler": tf.constant([4])})
+        fn(**{**base, "scheduler": tf.constant([len(manifest["schedulers"])])})
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_steps"):
         fn(**{**base, "num_steps": tf.constant([0])})
     inpaint = loaded("diffusion").signatures["inpaint"]
