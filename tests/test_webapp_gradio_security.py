@@ -74,6 +74,9 @@ def call(url, api, data, headers=None):
     return events[-1]
 
 
+NO_LORAS = {"headers": ["LoRA", "weight", "changes"], "data": []}  # the LoRA picker, none picked
+
+
 def file_data(path):
     return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
 
@@ -101,7 +104,8 @@ def cached_copies(marker: bytes) -> list:
 
 
 def inpaint_data(editor, mask=None, *, batch=1, only_masked=False, steps=2):
-    return [editor, mask, PROMPT, "", steps, 7.5, 1, "ddim", batch, 1.0, 0, False, only_masked, 32, "tiny", False]
+    return [editor, mask, PROMPT, "", steps, 7.5, 1, "ddim", batch, 1.0, 0, False, only_masked, 32, "tiny", False,
+            NO_LORAS]
 
 
 # -- 1. no server file through any file input -----------------------------------------
@@ -154,7 +158,7 @@ def test_uploaded_files_still_work(open_url):
 # -- 2. the REST limits apply to the Gradio API ----------------------------------------
 def txt2img_args(**kw):
     args = dict(prompt=PROMPT, negative="", steps=2, guidance=7.5, seed=1, scheduler="ddim", batch=1, width=64,
-                height=64, model="tiny", previews=False)
+                height=64, model="tiny", previews=False, loras=NO_LORAS)
     return list({**args, **kw}.values())
 
 

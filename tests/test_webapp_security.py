@@ -885,9 +885,13 @@ def body_size_family() -> list:
 
 
 # the Gradio API -------------------------------------------------------------------------
+# The LoRA picker's value when none is picked: the raw call API fills no input in for a client.
+NO_LORAS = {"headers": ["LoRA", "weight", "changes"], "data": []}
+
+
 def txt2img_args(**kw):
     args = dict(prompt=PROMPT, negative="", steps=2, guidance=7.5, seed=1, scheduler="ddim", batch=1, width=64,
-                height=64, model="tiny", previews=False)
+                height=64, model="tiny", previews=False, loras=NO_LORAS)
     return list({**args, **kw}.values())
 
 
@@ -944,13 +948,13 @@ def editor(ctx, background=None, layers=(), composite=None):
 def inpaint_args(ed, mask=None, **kw):
     args = dict(editor=ed, mask=mask, prompt=PROMPT, negative="", steps=2, guidance=7.5, seed=1, scheduler="ddim",
                 batch=1, strength=1.0, blur=0, invert=False, only_masked=False, padding=32, model="tiny",
-                previews=False)
+                previews=False, loras=NO_LORAS)
     return list({**args, **kw}.values())
 
 
 def img2img_args(image, **kw):
     args = dict(image=image, prompt=PROMPT, negative="", steps=2, guidance=7.5, seed=1, scheduler="ddim", batch=1,
-                strength=0.75, model="tiny", previews=False)
+                strength=0.75, model="tiny", previews=False, loras=NO_LORAS)
     return list({**args, **kw}.values())
 
 
@@ -998,7 +1002,7 @@ def gradio_family() -> list:
         cases.append(call_case("txt2img queue (the browser's way)", f"{field}={short(value)}", "txt2img",
                                txt2img_args(**{field: value}) + [None], message, via="queue"))  # + the tab's State
     cases.append(call_case("txt2img call shape", "no inputs", "txt2img", [], r"didn't receive enough input values"))
-    cases.append(call_case("txt2img call shape", "4 of 11 inputs", "txt2img", txt2img_args()[:4],
+    cases.append(call_case("txt2img call shape", "4 of 12 inputs", "txt2img", txt2img_args()[:4],
                            r"didn't receive enough input values"))
     for name, raw, status in [("body not JSON", b"{not json", 422), ("no data field", b'{"inputs": []}', 422),
                               ("data an object", b'{"data": {"prompt": "x"}}', 422),
