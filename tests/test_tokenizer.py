@@ -373,8 +373,12 @@ def test_the_encode_stage_passes_the_check_to_the_tokenizer(tok):
     def stopped():
         raise Stop
 
+    import contextlib
+
     encoded = []
-    pipe = SimpleNamespace(tokenizer=tok, encode_text=lambda prompts, check=None: encoded.append(check))
+    pipe = SimpleNamespace(tokenizer=tok, encode_text=lambda prompts, check=None: encoded.append(check),
+                           _lora_block=lambda loras: contextlib.nullcontext())
+    pipe._encode_prompts = lambda prompts, check=None: StableDiffusionPipeline._encode_prompts(pipe, prompts, check)
     with pytest.raises(Stop):
         StableDiffusionPipeline.encode_prompts(pipe, ["x" * 24_000], check=stopped)
     assert encoded == []  # stopped before the text encoder ran
