@@ -249,19 +249,35 @@ def has_tfjs(export_dir):
     return os.path.isfile(os.path.join(export_dir, "tfjs", "decoder", "model.json"))
 
 
-@pytest.fixture(scope="module")
-def browser(edge_export):
+def headless_chromium(export_dir):
+    """Headless Chromium for the browser client over `export_dir`'s TF.js files, as a context
+    manager; skips (naming the setup step) where Chromium, TF.js or the export is missing."""
+    import contextlib
+
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (scripts/setup.sh test installs it)")
     if not os.path.isdir(os.path.join(REPO, "edge", "web", "node_modules", "@tensorflow", "tfjs")):
         pytest.skip("edge/web/node_modules is missing: run scripts/setup.sh (npm ci in edge/web)")
-    if not has_tfjs(edge_export):
+    if not has_tfjs(export_dir):
         pytest.skip("no TF.js export (the TF.js converter's .venv-tfjs is not installed)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+    @contextlib.contextmanager
+    def launched():
+        with sync_api.sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                yield b
+            finally:
+                b.close()
+
+    return launched()
+
+
+@pytest.fixture(scope="module")
+def browser(edge_export):
+    with headless_chromium(edge_export) as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from edge import client as edge_client
-from tests.test_edge import CHROMIUM, CHROMIUM_ARGS, MIN_PSNR, has_tfjs, psnr, wait_state
+from tests.test_edge import MIN_PSNR, headless_chromium, psnr, wait_state
 from tests.test_lora_formats import kohya, save
 from tests.webapp_helpers import make_app, serve
 
@@ -142,24 +142,14 @@ def test_python_client_command_line(export_dir, server_url, tmp_path):
 
 @pytest.fixture(scope="module")
 def page(export_dir, server_url):
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh test installs it)")
-    if not os.path.isdir(os.path.join(repo, "edge", "web", "node_modules", "@tensorflow", "tfjs")):
-        pytest.skip("edge/web/node_modules is missing: run scripts/setup.sh (npm ci in edge/web)")
-    if not has_tfjs(export_dir):
-        pytest.skip("no TF.js export (the TF.js converter's .venv-tfjs is not installed)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with headless_chromium(export_dir) as browser:
         pg = browser.new_context().new_page()
         errors = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.goto(f"{server_url}/edge/")
         wait_state(pg, ("ready",))
         yield pg
-        browser.close()
-        assert not errors, errors
+    assert not errors, errors
 
 
 def browser_run(pg, weights, prompt=PROMPT):
