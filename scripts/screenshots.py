@@ -25,9 +25,15 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--no-first-run"]
 
 
+# Stop is checked on a run long enough that it cannot finish before the click lands: the tiny
+# model does 150 steps in about 4 s on two cores, so the server this script starts allows a longer run (about 25 s).
+LONG_RUN_STEPS = 1000  # the schedulers allow at most 1000 steps
+
+
 def start_server(port):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
-    proc = subprocess.Popen([sys.executable, "-m", "webapp", "--port", str(port), "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "webapp", "--port", str(port), "--log-level", "warning",
+                             "--max-steps", str(LONG_RUN_STEPS)],
                             cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(360):
@@ -60,7 +66,7 @@ def wait_text(page, selector, text, out, timeout=120_000):
     page.wait_for_timeout(800)
 
 
-def shoot(url, out):
+def shoot(url, out, long_steps=150):
     from playwright.sync_api import sync_playwright
 
     os.makedirs(out, exist_ok=True)
@@ -97,7 +103,7 @@ def shoot(url, out):
         # Stop: a long run, stopped after a few steps, says where it stopped
         page.get_by_role("tab", name="txt2img").click()
         steps = page.get_by_label("number input for Steps").first
-        steps.fill("150")
+        steps.fill(str(long_steps))
         steps.press("Enter")
         page.locator("#generate").click()
         wait_text(page, "#status", "denoising: step", out)
@@ -154,7 +160,7 @@ def main(argv=None):
     if url is None:
         proc, url = start_server(args.port)
     try:
-        shoot(url, args.out)
+        shoot(url, args.out, LONG_RUN_STEPS if proc is not None else 150)
     finally:
         if proc is not None:
             proc.terminate()
