@@ -105,9 +105,17 @@ class Server:
     def exports_dir(self) -> str | None:
         if self.config.exports:
             return self.config.exports
-        # the default is looked up on each request, so an export made after start is served
+        # build/exports/<model name> (scripts/demo.sh makes it); the folder may appear after start.
+        # The embedded default model falls back to the edge files bundled beside its weights, so
+        # /edge/ works on a Space, in the container and from a plain clone without an export step.
         name = os.path.basename(os.path.normpath(self.config.model))
-        return os.path.join(REPO, "build", "exports", name)
+        built = os.path.join(REPO, "build", "exports", name)
+        if self.config.model == "tiny" and not os.path.isfile(os.path.join(built, "manifest.json")):
+            from models.checkpoints.tiny import BUNDLED_EDGE_DIR
+
+            if os.path.isfile(os.path.join(BUNDLED_EDGE_DIR, "manifest.json")):
+                return BUNDLED_EDGE_DIR
+        return built
 
 
 class OptionalStatic:

@@ -354,7 +354,12 @@ async function main() {
     } catch (e) { state.serverInfo = null; }
     renderLoras();
     for (const s of m.schedulers) $("scheduler").add(new Option(s, s, s === m.default_scheduler, s === m.default_scheduler));
-    if (!m.artifacts.some((a) => a.format === "tfjs" && a.precision === "float16")) $("precision").value = "float32";
+    for (const opt of $("precision").options) { // only the precisions this export has (the bundled one: float16)
+      opt.disabled = !m.artifacts.some((a) => a.format === "tfjs" && a.component === "text_encoder"
+        && a.precision === opt.value);
+    }
+    const usable = [...$("precision").options].find((o) => !o.disabled);
+    if ($("precision").selectedOptions[0].disabled && usable) $("precision").value = usable.value;
     for (const v of vaeChoices(m)) $("vae").add(new Option(v === "taesd" ? "TAESD (fast)" : "full VAE", v));
     await ensureModels($("precision").value, $("vae").value);
     clearMask();

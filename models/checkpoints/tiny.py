@@ -16,6 +16,12 @@ import numpy as np
 from ..config import TextEncoderConfig, UNetConfig, VAEConfig
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "tiny")
+# Its browser-client files (TF.js float16 text encoder, decoder, image encoder; manifest.json), so
+# that /edge/ works where no export step ran (a Space, the container, a plain clone). Made by
+# `python -m exports --model tiny --out models/weights/tiny-edge --formats tfjs --quantize float16
+#  --components text_encoder,decoder,image_encoder --overwrite`; tests/test_edge_bundle.py checks
+# that its manifest names these weights (weights_sha256) and that every file is the one it lists.
+BUNDLED_EDGE_DIR = BUNDLED_DIR + "-edge"
 SEED = 0
 
 # The bundled model's architecture, defined once: training/train_default.py trains these networks,
