@@ -99,9 +99,13 @@ class DiffusionModule(tf.Module):
         }
         h, w, c = self.latent_shape
         dim = unet.config.cross_attention_dim
+        self.context_length = context_length
+        # 77 x k tokens (models.prompt_weighting: k 75-token chunks; both contexts of a request
+        # padded to the same k by the client); an XLA program keeps one shape: 77
+        seq = context_length if jit_compile else None
         common = [
-            tf.TensorSpec([batch, context_length, dim], tf.float32, name="context"),
-            tf.TensorSpec([batch, context_length, dim], tf.float32, name="unconditional_context"),
+            tf.TensorSpec([batch, seq, dim], tf.float32, name="context"),
+            tf.TensorSpec([batch, seq, dim], tf.float32, name="unconditional_context"),
             tf.TensorSpec([batch], tf.int64, name="seed"),
             tf.TensorSpec([batch], tf.float32, name="guidance_scale"),
             tf.TensorSpec([batch], tf.int32, name="num_steps"),
@@ -221,6 +225,8 @@ class DiffusionModule(tf.Module):
         out = {}
         for s in spec:
             shape = [batch if d is None else d for d in s.shape.as_list()]
+            if s.name in ("context", "unconditional_context"):
+                shape[1] = self.context_length
             out[s.name] = tf.zeros(shape, s.dtype)
         out["seed"] = tf.range(batch, dtype=tf.int64)
         out["guidance_scale"] = tf.fill([batch], 7.5)

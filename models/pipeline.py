@@ -60,6 +60,12 @@ def to_float_image(image) -> np.ndarray:
     return image.astype(np.float32) / 127.5 - 1.0
 
 
+def _max_chunks():
+    from .prompt_weighting import MAX_CHUNKS
+
+    return MAX_CHUNKS
+
+
 def _require(model):
     """A network left out by load_components(parts=...) raises its NotLoadedError here, before
     any tf.function would wrap it in a StagingError."""
@@ -338,7 +344,8 @@ class StableDiffusionPipeline:
             "latent_size": self.default_size // self.vae_factor,
             "scaling_factor": self.scaling_factor,
             "context_shape": [self.tokenizer.max_length, self.context_dim],
-            "max_tokens": self.tokenizer.max_length - 2,
+            "max_tokens": self.tokenizer.max_length - 2,  # per chunk; contexts are 77 x k (prompt_weighting)
+            "max_chunks": _max_chunks(),
             "inpainting_unet": bool(self.unet.config.is_inpainting),
             "has_image_encoder": self.encoder is not None,
             # what a manifest or a client needs to run this family's text encoder and loop
@@ -369,13 +376,15 @@ class StableDiffusionPipeline:
             return self._encode_prompts(prompts, check)
 
     def _encode_prompts(self, prompts, check=None) -> Encoded:
+        """Emphasis and 75-token chunks (models.prompt_weighting): [B, 77 k, D], nothing cut."""
+        from . import prompt_weighting
+
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        limit = self.tokenizer.max_length - 2
-        counts = [self.tokenizer.count_tokens(p, check=check) for p in prompts]
-        with warnings.catch_warnings():  # the counts say what was truncated
-            warnings.simplefilter("ignore", TruncationWarning)
-            context = self.encode_text(prompts, check=check)
-        return Encoded(context, counts, [max(0, n - limit) for n in counts])
+        _require(self.text_encoder)
+        encode = self._text_encoder_fn(self.clip_skip)
+        context, counts = prompt_weighting.encode_prompts(
+            self.tokenizer, lambda ids: encode(tf.constant(ids)).numpy(), prompts, check=check)
+        return Encoded(context, counts, [0] * len(prompts))
 
     def decode(self, latents, check=None) -> np.ndarray:
         return to_uint8(self.decode_latents(latents))
@@ -435,6 +444,16 @@ class StableDiffusionPipeline:
             uncond = context  # never read: no need to encode the empty prompt
         else:
             uncond = self._unconditional_context(unconditional_context, batch_size)
+        chunk = self.tokenizer.max_length
+        if context.shape[1] != chunk or uncond.shape[1] != chunk:  # 77 x k: pad the shorter with empty chunks
+            from . import prompt_weighting
+
+            k = prompt_weighting.check_context_length(context.shape[1], chunk)
+            j = prompt_weighting.check_context_length(uncond.shape[1], chunk, what="unconditional context")
+            if k != j:
+                empty = self._unconditional_context(None, 1)
+                context = prompt_weighting.pad_chunks(context, max(k, j), empty, chunk)
+                uncond = prompt_weighting.pad_chunks(uncond, max(k, j), empty, chunk)
         if context.shape != uncond.shape:
             raise InvalidInput(f"context {list(context.shape)} and unconditional context {list(uncond.shape)} "
                                "differ", "wrong_shape")

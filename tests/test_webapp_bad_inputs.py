@@ -187,15 +187,20 @@ def test_bad_input(client, name, path, kind, payload, query, status, code):
         assert body["error"]["code"] == code, body
 
 
-def test_too_many_tokens_are_reported_not_fatal(client):
+def test_long_prompts_are_chunked_not_cut(client):
+    """Past 75 tokens a prompt is encoded in 75-token chunks (models.prompt_weighting): nothing is
+    dropped; past the chunk limit it is a clear 400."""
+    from models.prompt_weighting import MAX_CHUNKS
     from webapp import wire
 
     r = client.post("/api/v1/encode", json={"prompts": [PROMPT, "red " * 100]})
     assert r.status_code == 200
-    _, meta = wire.decode(r.content)
-    assert meta["token_counts"] == "[7, 100]" and meta["truncated"] == "[0, 25]"
+    t, meta = wire.decode(r.content)
+    assert meta["token_counts"] == "[7, 100]" and meta["truncated"] == "[0, 0]" and t["context"].shape[1] == 154
     r = client.post("/api/v1/txt2img", json={"prompt": "red " * 100, "steps": 2, "seed": 0})
-    assert r.status_code == 200 and r.json()["truncated"] == [25]
+    assert r.status_code == 200 and r.json()["truncated"] == [0]
+    r = client.post("/api/v1/encode", json={"prompts": ["a, " * (40 * MAX_CHUNKS)]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "prompt_too_long"
 
 
 def test_all_one_mask_repaints_everything(client):

@@ -177,6 +177,12 @@ class LocalEngine:
     def count_tokens(self, text: str) -> int:
         return self.pipe.tokenizer.count_tokens(text)
 
+    def token_label(self, text: str) -> str:
+        """The UI's counter: tokens and 75-token chunks (models.prompt_weighting)."""
+        from models.prompt_weighting import token_label
+
+        return token_label(self.pipe.tokenizer, text)
+
     # -- the four stages (models.stages.Stages), one model run at a time ---------------------
     def encode_prompts(self, prompts: list, check=None, loras=None) -> Encoded:
         """`loras`: the request's [(name, scale)] (None: none, the base text encoder)."""

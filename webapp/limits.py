@@ -44,7 +44,7 @@ class Limits:
     max_batch: int = 8
     max_side: int = 1024  # pixels, each side
     max_prompts: int = 16
-    max_prompt_chars: int = 4000  # prompt and negative prompt, each (the encoder reads 75 tokens anyway)
+    max_prompt_chars: int = 4000  # prompt and negative prompt, each (encoded in 75-token chunks)
     max_guidance: float = 50.0  # guidance scale range 0..max_guidance
     retry_after_s: int = 5
 
@@ -64,7 +64,7 @@ class Limits:
     def check_prompt(self, text: str, what: str = "prompt"):
         if len(text) > self.max_prompt_chars:
             raise ApiError(400, "prompt_too_long", f"the {what} has {len(text)} characters; the limit is "
-                           f"{self.max_prompt_chars} (and the text encoder reads at most 75 tokens)")
+                           f"{self.max_prompt_chars} (longer prompts are encoded in chunks of 75 tokens)")
 
     def check_steps(self, steps):
         if not steps >= 1:

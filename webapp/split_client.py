@@ -139,6 +139,12 @@ class RemoteEngine:
             self._tokenizer = default_tokenizer()
         return self._tokenizer.count_tokens(text)
 
+    def token_label(self, text: str) -> str:
+        from models.prompt_weighting import token_label
+
+        self.count_tokens("")  # loads the tokenizer
+        return token_label(self._tokenizer, text)
+
     def use_model(self, name):
         if name and name not in self.model_names() and name not in self.info(refresh=True)["models"]:
             raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {self.model_names()}")

@@ -28,7 +28,7 @@ router = APIRouter()
 
 
 @router.post("/encode", summary="Prompts -> text contexts (binary)", responses={
-    **wire_response("tensor `context` [B, 77, D]; metadata token_counts and truncated (JSON lists), loras "
+    **wire_response("tensor `context` [B, 77 x k, D] (k 75-token chunks); metadata token_counts and truncated (JSON lists), loras "
                     "(JSON [[name, scale]]: the LoRAs that changed the text encoder; /diffuse's context_loras)"),
     **error_responses(400, 401, 404, 413, 422, 503)}, response_class=Response, description=WIRE_DOC)
 async def encode(req: EncodeRequest, request: Request, server=Depends(hosting("text_encoder"))):
@@ -51,7 +51,7 @@ async def encode(req: EncodeRequest, request: Request, server=Depends(hosting("t
 
 
 DIFFUSE_BODY = wire_body(
-    "tensors: `context` [B,77,D] F16/F32 (required); `unconditional_context` [1 or B,77,D] "
+    "tensors: `context` [B,77k,D] F16/F32 (required; k chunks of 75 tokens); `unconditional_context` [1 or B,77j,D] (padded to the longer with empty chunks) "
     "(absent: the model's own empty-prompt context); for inpainting `image_latents` [1 or B,h,w,4] "
     "(image encoder posterior mean x scaling factor), `mask` [H,W] U8 or F32 at pixel resolution "
     "(H = 8h; values >= 128 of 255, or >= 0.5, repaint: models/masks.py), `masked_image_latents` "

@@ -59,12 +59,15 @@ def images_to_encode(tensors) -> np.ndarray:
     return images
 
 
-def _context(tensors, name, T, D, batch=None):
+def _context(tensors, name, T, D, batch=None, max_chunks=1):
+    """[B, T x k, D]: a prompt of k 75-token chunks (models.prompt_weighting), 1 <= k <= max_chunks."""
     t = as_float(tensors[name], name)
-    if t.ndim != 3 or tuple(t.shape[1:]) != (T, D) or not (t.shape[0] >= 1 if batch is None else
-                                                            t.shape[0] in (1, batch)):
+    chunks_ok = t.ndim == 3 and t.shape[1] % T == 0 and 1 <= t.shape[1] // T <= max_chunks
+    if t.ndim != 3 or not chunks_ok or t.shape[2] != D or not (t.shape[0] >= 1 if batch is None else
+                                                                t.shape[0] in (1, batch)):
         want = "B" if batch is None else f"1 or {batch}"
-        raise ApiError(400, "wrong_shape", f"tensor {name!r} must be [{want}, {T}, {D}], got {list(t.shape)}")
+        tokens = f"{T}" if max_chunks == 1 else f"{T} x k (k = 1..{max_chunks} chunks)"
+        raise ApiError(400, "wrong_shape", f"tensor {name!r} must be [{want}, {tokens}, {D}], got {list(t.shape)}")
     return t
 
 
@@ -90,13 +93,14 @@ def diffuse_inputs(tensors: dict, info: dict, limits) -> dict:
         raise ApiError(400, "unknown_tensor", f"unknown tensors {sorted(unknown)}; "
                        f"expected some of {sorted(DIFFUSE_TENSORS)}")
     if "context" not in tensors:
-        raise ApiError(400, "missing_tensor", "tensor 'context' [B, 77, D] is required")
+        raise ApiError(400, "missing_tensor", "tensor 'context' [B, 77 x k, D] is required")
     T, D = info["context_shape"]
-    out = {"context": _context(tensors, "context", T, D)}
+    k = int(info.get("max_chunks") or 1)
+    out = {"context": _context(tensors, "context", T, D, max_chunks=k)}
     B = out["context"].shape[0]
     limits.check_batch(B)
     if "unconditional_context" in tensors:
-        out["unconditional_context"] = _context(tensors, "unconditional_context", T, D, batch=B)
+        out["unconditional_context"] = _context(tensors, "unconditional_context", T, D, batch=B, max_chunks=k)
     il = latents(tensors, "image_latents", info, limits, batch=B)
     if il is not None:
         out["image_latents"] = il

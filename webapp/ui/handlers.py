@@ -71,6 +71,8 @@ class UIHandlers:
         if len(text) > L.max_prompt_chars:
             return f"{len(text)} characters: over the {L.max_prompt_chars}-character limit"
         try:
+            if hasattr(self.engine, "token_label"):  # 75-token chunks: nothing is dropped
+                return self.engine.token_label(text)
             n = self.engine.count_tokens(text)
         except Exception:
             return ""
@@ -326,7 +328,7 @@ class UIHandlers:
                     result, took = payload, time.monotonic() - started
                     progress["done"] = True
                     files = save_pngs(result.images, result, model, self.out_dir)
-                    dropped = [t for t in result.truncated if t]
+                    dropped = [t for t in result.truncated if t]  # 0 since prompts are chunked, not cut
                     note = f" (prompt truncated: {dropped[0]} tokens dropped)" if dropped else ""
                     info = {"seeds": [int(s) for s in result.seeds], "time_s": round(took, 2),
                             "parameters": {**result.parameters, "model": model}}
