@@ -99,9 +99,15 @@ class EdgeModels:
         self.image_size = (self.manifest["image"]["height"], self.manifest["image"]["width"])
 
     def encode_text(self, prompt: str) -> np.ndarray:
-        """prompt -> context float32 [1, 77, D]."""
-        ids = self.tokenizer.tokenize([prompt], warn=False).astype(np.int32)
-        return np.asarray(self.runners["text_encoder"](token_ids=ids)["context"], np.float32)
+        """prompt -> context float32 [1, 77 k, D]: the server's rule (models.prompt_weighting:
+        emphasis, 75-token chunks); the 77-token TFLite encoder runs once per chunk."""
+        from models.prompt_weighting import encode_prompts
+
+        def encode_ids(ids):
+            return np.concatenate([np.asarray(self.runners["text_encoder"](token_ids=row[None].astype(np.int32))
+                                              ["context"], np.float32) for row in ids])
+
+        return encode_prompts(self.tokenizer, encode_ids, [prompt])[0]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """latents [B, h, w, 4] -> uint8 [B, H, W, 3] (the TFLite file has batch 1: row by row)."""

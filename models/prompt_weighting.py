@@ -12,7 +12,8 @@ last 20 tokens after a comma is split after that comma (the rest moves to the ne
 Each chunk is encoded as [start, 75 tokens, end, padding] (77 ids, the tokenizer's own layout,
 so a prompt of <= 75 tokens without emphasis has exactly the ids, and so the context, it had
 before this module); `apply_weights` multiplies each chunk's encoder output by its per-token
-weights and rescales it so its mean equals the unweighted output's mean; the chunks are
+weights and rescales it so its mean equals the unweighted output's mean (unless that mean is
+~0, see apply_weights); the chunks are
 concatenated along the sequence axis (77 x k tokens). The prompts of a batch, and a prompt and
 its negative prompt, are padded to the same number of chunks with empty chunks (the empty
 prompt's encoding: `pad_chunks`).
@@ -38,12 +39,16 @@ CHUNK_TOKENS = 75  # tokens per chunk, without the start and end tokens
 COMMA_BACKTRACK = 20  # a full chunk is split after a comma among its last this many tokens
 MAX_CHUNKS = 32  # 2400 tokens: more than a 4000-character prompt of words holds
 MAX_WEIGHT = 100.0  # |weight| after nesting; past it the context is noise
+MEAN_FLOOR = 1e-3  # apply_weights: a chunk mean this close to 0 (x its mean |value|) is not rescaled to
 ROUND, SQUARE = 1.1, 1 / 1.1
 BREAK = None  # the piece that stands for BREAK in parse()'s output: (None, None)
 
+# Spelled out so that edge/web/prompt_weighting.js can use the same classes: Python's str
+# whitespace (str.isspace), ASCII digits, and a word character as Python's \w ([\p{L}\p{N}_]).
+SPACE = "[ \\t\\n\\r\\f\\v\\x1c-\\x1f\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
 # one token of the syntax per match: an escape, a bracket, ":number)" , text, or a lone ":"
-_SYNTAX = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_SYNTAX = re.compile(rf"\\[()\[\]\\]|\\|\(|\[|:{SPACE}*([+-]?[.0-9]+){SPACE}*\)|\)|\]|[^\\()\[\]:]+|:")
+_BREAK = re.compile(rf"{SPACE}*(?<!\w)BREAK(?!\w){SPACE}*")
 
 
 def _number(text: str) -> float:
@@ -186,7 +191,9 @@ def tokenize_prompts(tokenizer, prompts, *, max_chunks: int = MAX_CHUNKS, check=
 
 def apply_weights(z, weights) -> np.ndarray:
     """One chunk's encoder output z float32 [77, D] times its weights [77], rescaled so its mean
-    is z's. All weights 1: z itself (bit for bit)."""
+    is z's. All weights 1: z itself (bit for bit). A mean within MEAN_FLOOR of 0 (relative to
+    the mean |value|: an encoder whose last layer norm leaves each token's mean at 0, as small
+    random or distilled ones do) is rounding noise, and so would be the scale: then no rescale."""
     z = np.asarray(z, np.float32)
     weights = np.asarray(weights, np.float32)
     if np.all(weights == 1.0):
@@ -194,7 +201,10 @@ def apply_weights(z, weights) -> np.ndarray:
     before = z.mean(dtype=np.float64)
     weighted = z * weights[:, None]
     after = weighted.mean(dtype=np.float64)
-    return (weighted * np.float32(before / after)) if after != 0 else weighted
+    floor = MEAN_FLOOR * np.abs(z).mean(dtype=np.float64)
+    if abs(before) <= floor or abs(after) <= floor:
+        return weighted
+    return weighted * np.float32(before / after)
 
 
 def encode_prompts(tokenizer, encode_ids, prompts, *, max_chunks: int = MAX_CHUNKS, check=None):

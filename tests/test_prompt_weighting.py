@@ -131,6 +131,16 @@ def test_apply_weights_rescales_to_the_mean(rng):
     np.testing.assert_allclose(ratio[5], 0.7 * c, rtol=1e-5)
 
 
+def test_a_zero_mean_output_is_weighted_without_rescale(rng):
+    """An encoder whose last layer norm leaves every token's mean at 0 (the small test models): the
+    mean is rounding noise, and a scale from it would be too."""
+    z = rng.normal(0, 1, (77, 16)).astype(np.float32)
+    z -= z.mean(axis=1, keepdims=True)
+    w = np.ones(77, np.float32)
+    w[4] = 1.5
+    np.testing.assert_array_equal(pw.apply_weights(z, w), z * w[:, None])
+
+
 def test_pipeline_plain_prompt_is_bit_for_bit_todays(tiny_pipeline):
     for prompts in ([PROMPT], [PROMPT, "green"]):
         got = tiny_pipeline.encode_prompts(prompts)

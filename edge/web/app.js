@@ -4,6 +4,7 @@
 import { selectBackend, ORDER } from "./backend.js";
 import { findArtifact, loadManifest, loadModel, run, vaeChoices } from "./models.js";
 import { CLIPTokenizer } from "./tokenizer.js";
+import { encodePrompt, tokenLabel } from "./prompt_weighting.js";
 import { usesUnconditional } from "./guidance.js";
 import { pasteBack, repaintMask } from "./imaging.js";
 import { asJson, planLoras } from "./loras.js";
@@ -49,15 +50,17 @@ async function ensureModels(precision, vae = "full") {
   $("weights").textContent = `${precision}, ${(bytes / 1e6).toFixed(1)} MB (${sources.join(", ")}) in ${ms(performance.now() - t0)}`;
 }
 
+// The server's rule (prompt_weighting.js = models/prompt_weighting.py): emphasis and 75-token
+// chunks; the 77-token text encoder runs once per chunk -> { values, shape [1, 77 k, D] }.
 async function encodeText(prompt) {
-  const ids = state.tokenizer.tokenize(prompt);
-  const t = tf.tensor(ids, [1, ids.length], "int32");
-  const out = await run(state.models.text_encoder.model, { token_ids: t });
-  const values = await out.context.data();
-  const shape = out.context.shape;
-  t.dispose();
-  out.context.dispose();
-  return { values: Float32Array.from(values), shape };
+  return encodePrompt(state.tokenizer, prompt, async (ids) => {
+    const t = tf.tensor(ids, [1, ids.length], "int32");
+    const out = await run(state.models.text_encoder.model, { token_ids: t });
+    const values = await out.context.data();
+    t.dispose();
+    out.context.dispose();
+    return Float32Array.from(values);
+  });
 }
 
 function tensorMsg(values, shape, dtype) {
@@ -365,9 +368,7 @@ async function main() {
     clearMask();
     installPainting();
     const count = () => {
-      const n = state.tokenizer.countTokens($("prompt").value);
-      const limit = state.tokenizer.maxLength - 2;
-      $("token-count").textContent = `${n} / ${limit} tokens${n > limit ? " (the rest is cut)" : ""}`;
+      $("token-count").textContent = tokenLabel(state.tokenizer, $("prompt").value);
     };
     $("prompt").addEventListener("input", count);
     count();
