@@ -25,15 +25,19 @@ LABELS = {
 }
 
 
-def format_parameters(params: dict) -> str:
+def format_fields(params: dict) -> str:
+    """The last line: "Steps: 20, Sampler: ddim, ..." (the edge page puts its prompt lines above it)."""
     p = dict(params)
     if "width" in p and "height" in p:
         p["size"] = f"{p['width']}x{p['height']}"
-    lines = [str(p.get("prompt", ""))]
-    if p.get("negative_prompt"):
-        lines.append(f"Negative prompt: {p['negative_prompt']}")
-    fields = [f"{label}: {p[k]}" for k, label in LABELS.items() if p.get(k) not in (None, "")]
-    lines.append(", ".join(fields))
+    return ", ".join(f"{label}: {p[k]}" for k, label in LABELS.items() if p.get(k) not in (None, ""))
+
+
+def format_parameters(params: dict) -> str:
+    lines = [str(params.get("prompt", ""))]
+    if params.get("negative_prompt"):
+        lines.append(f"Negative prompt: {params['negative_prompt']}")
+    lines.append(format_fields(params))
     return "\n".join(lines)
 
 

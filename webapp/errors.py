@@ -34,6 +34,19 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+def describe(exc: Exception) -> tuple[int, str, str, dict]:
+    """(status, code, message, headers) for an exception a request provoked: the handlers below
+    answer with it, and so does an event stream that fails after it began (webapp.api.events)."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message, exc.headers
+    if isinstance(exc, WireError):
+        return 400, "bad_tensor_message", str(exc), {}
+    if isinstance(exc, InvalidInput):
+        return 400, exc.code, exc.message, {}
+    log.error("unexpected error", exc_info=exc)
+    return 500, "internal_error", "internal error (logged on the server)", {}
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors()[:5]:
@@ -95,16 +108,10 @@ def install(app: FastAPI) -> None:
     app.add_middleware(ApiPathsMiddleware, router=app.router)
 
     @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-
     @app.exception_handler(WireError)
-    async def _wire(_: Request, exc: WireError):
-        return error_response(400, "bad_tensor_message", str(exc))
-
     @app.exception_handler(InvalidInput)
-    async def _invalid(_: Request, exc: InvalidInput):
-        return error_response(400, exc.code, exc.message)
+    async def _known(_: Request, exc: Exception):
+        return error_response(*describe(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
@@ -117,5 +124,4 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
-        log.exception("unexpected error")
-        return error_response(500, "internal_error", "internal error (logged on the server)")
+        return error_response(*describe(exc))

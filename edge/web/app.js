@@ -8,6 +8,7 @@ import { encodePrompt, tokenLabel } from "./prompt_weighting.js";
 import { usesUnconditional } from "./guidance.js";
 import { pasteBack, repaintMask } from "./imaging.js";
 import { asJson, planLoras } from "./loras.js";
+import { infotext, KEY as PNG_KEY, withText } from "./png.js";
 import * as wire from "./wire.js";
 
 const tf = globalThis.tf;
@@ -19,9 +20,10 @@ const API = (query.get("api") || location.origin).replace(/\/$/, "");
 const state = {
   ready: false, busy: false, mode: "txt2img", manifest: null, tokenizer: null,
   models: {}, precision: null, backend: null, image: null, last: null, error: null, serverInfo: null,
+  controller: null, progress: null, shown: 0, downloadUrl: null, images: [],
 };
 // For tests and the console: window.sdEdge.state.last holds the latest result.
-window.sdEdge = { state, generate: () => generate() };
+window.sdEdge = { state, generate: () => generate(), stop: () => stop(), image: (k) => Array.from(state.images[k]) };
 
 function setStatus(text, kind = "ok") {
   const el = $("status");
@@ -67,6 +69,14 @@ function tensorMsg(values, shape, dtype) {
   return dtype === "float16"
     ? { dtype: "F16", shape, data: wire.float32ToFloat16(values) }
     : { dtype: "F32", shape, data: Float32Array.from(values) };
+}
+
+/** The message with its one row repeated `n` times (a batch: one prompt, seeds seed, seed+1, ...). */
+function repeatRows(msg, n) {
+  if (n === 1) return msg;
+  const data = new msg.data.constructor(msg.data.length * n);
+  for (let k = 0; k < n; k++) data.set(msg.data, k * msg.data.length);
+  return { ...msg, shape: [msg.shape[0] * n, ...msg.shape.slice(1)], data };
 }
 
 // ---- LoRAs: the server's (GET /api/v1/models), picked with a weight (0 = off) or by prompt tags ----
@@ -118,28 +128,81 @@ async function encodeOnServer(prompts, loras, dtype) {
   return { rows, applied: metadata.loras || "[]" };
 }
 
-async function diffuse(tensors, params) {
+// Server-sent events (webapp/api/events.py): {kind, data} for each "event:/data:" block.
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const text = new TextDecoder();
+  let buffer = "";
+  let bytes = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    bytes += value.length;
+    buffer += text.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let kind = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) kind = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      if (data) onEvent(kind, JSON.parse(data));
+    }
+  }
+  return bytes;
+}
+
+function fromBase64(text) {
+  const raw = atob(text);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
+// POST /api/v1/diffuse asking for step events (progress), then the binary answer they carry.
+async function diffuse(tensors, params, { signal, onStep } = {}) {
   const body = wire.encode(tensors);
   const qs = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== null && v !== "" && v !== undefined));
   const r = await fetch(`${API}/api/v1/diffuse?${qs}`, {
-    method: "POST", body, headers: { "Content-Type": wire.MEDIA_TYPE, Accept: wire.MEDIA_TYPE },
+    method: "POST", body, signal,
+    headers: { "Content-Type": wire.MEDIA_TYPE, Accept: `text/event-stream, ${wire.MEDIA_TYPE};q=0.5` },
   });
-  const data = new Uint8Array(await r.arrayBuffer());
-  if (!r.ok) throw await apiError(r, data);
+  let data;
+  let received;
+  if (r.ok && (r.headers.get("content-type") || "").startsWith("text/event-stream")) {
+    let failure = null;
+    received = await readEvents(r, (kind, d) => {
+      if (kind === "step" && onStep) onStep(d.step, d.of);
+      else if (kind === "result") data = fromBase64(d.body);
+      else if (kind === "error") failure = new Error(`the server answered ${d.status}: ${d.error.message} (${d.error.code})`);
+    });
+    if (failure) throw failure;
+    if (!data) throw new Error("the server's event stream ended without a result");
+  } else { // an error before the queue, or a server without step events: one binary body
+    data = new Uint8Array(await r.arrayBuffer());
+    received = data.length;
+    if (!r.ok) throw await apiError(r, data);
+  }
   const { tensors: out, metadata } = wire.decode(data);
   if (!out.latents) throw new Error("the server's answer has no latents");
-  return { latents: out.latents, metadata, sent: body.length, received: data.length };
+  return { latents: out.latents, metadata, sent: body.length, received, body: data.length };
 }
 
+/** The decoder on [B, h, w, 4] latents: {images: [B uint8 RGB arrays], h, w}. */
 async function decode(latents) {
   const values = wire.asFloat32(latents);
   const t = tf.tensor(values, latents.shape, "float32");
   const out = await run(state.models.decoder.model, { latents: t });
-  const [, h, w] = out.images.shape;
-  const pixels = Uint8Array.from(await out.images.data()); // uint8 arrives as int32 in TF.js
+  const [n, h, w] = out.images.shape;
+  const all = Uint8Array.from(await out.images.data()); // uint8 arrives as int32 in TF.js
   t.dispose();
   Object.values(out).forEach((x) => x.dispose());
-  return { pixels, h, w };
+  const images = [];
+  for (let k = 0; k < n; k++) images.push(all.subarray(k * h * w * 3, (k + 1) * h * w * 3));
+  return { images, h, w };
 }
 
 async function encodeImage(rgb, h, w) {
@@ -181,15 +244,89 @@ function settings() {
     guidance: Number($("guidance").value), scheduler: $("scheduler").value,
     precision: $("precision").value, dtype: $("dtype").value, vae: $("vae").value,
     maskBlur: Number($("mask-blur").value), strength: Number($("strength").value),
+    batch: Math.max(1, Math.floor(Number($("batch").value) || 1)), size: $("size").value,
   };
+}
+
+// ---- Stop, progress, the batch gallery, the download --------------------------------------------
+function stop() {
+  if (state.controller) state.controller.abort(); // the server sees the client leave and stops at its next step
+}
+
+function showProgress(step, of) {
+  state.progress = { step, of };
+  const bar = $("progress");
+  bar.hidden = false;
+  bar.max = of;
+  bar.value = step;
+  setStatus(`Diffusing on the server: step ${step} of ${of}…`, "busy");
+}
+
+async function show(k) {
+  const last = state.last;
+  state.shown = k;
+  draw($("image"), state.images[k], last.height, last.width);
+  for (const [i, b] of [...$("gallery").children].entries()) b.setAttribute("aria-pressed", String(i === k));
+  $("image").setAttribute("aria-label", `The generated image${last.count > 1 ? ` ${k + 1} of ${last.count}` : ""}, `
+    + `seed ${last.seeds[k]}: ${last.prompt}`);
+  await prepareDownload(k);
+}
+
+function renderGallery(last) {
+  const g = $("gallery");
+  g.replaceChildren();
+  g.hidden = last.count < 2;
+  if (g.hidden) return;
+  state.images.forEach((rgb, k) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.setAttribute("aria-label", `image ${k + 1}, seed ${last.seeds[k]}`);
+    const c = document.createElement("canvas");
+    draw(c, rgb, last.height, last.width);
+    b.append(c);
+    b.addEventListener("click", () => show(k));
+    g.append(b);
+  });
+}
+
+async function prepareDownload(k) {
+  const last = state.last;
+  const canvas = document.createElement("canvas");
+  draw(canvas, state.images[k], last.height, last.width);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  const text = infotext(last.prompt, last.negative, last.infotextFields[k] || "");
+  const png = withText(await blob.arrayBuffer(), PNG_KEY, text);
+  if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
+  state.downloadUrl = URL.createObjectURL(new Blob([png], { type: "image/png" }));
+  const a = $("download");
+  a.href = state.downloadUrl;
+  a.download = `edge-${last.seeds[k]}.png`;
+  a.hidden = false;
+  last.download = { index: k, parameters: text };
+}
+
+function fillSizes(manifest, limits) {
+  const step = manifest.image.size_multiple || 8;
+  const base = manifest.image.width;
+  const top = Math.min((limits && limits.max_side) || base * 2, base * 2);
+  const sel = $("size");
+  sel.replaceChildren();
+  for (const [w, h] of [[base, base], [base + step, base], [base, base + step], [top, top]]) {
+    if (w > top || h > top || [...sel.options].some((o) => o.value === `${w}x${h}`)) continue;
+    sel.add(new Option(`${w} × ${h}`, `${w}x${h}`, w === base && h === base, w === base && h === base));
+  }
 }
 
 async function generate() {
   if (!state.ready || state.busy) return null;
   state.busy = true;
+  state.controller = new AbortController();
+  state.progress = null;
   $("run").disabled = true;
+  $("stop").disabled = false;
   const s = settings();
   const timings = {};
+  const batch = state.mode === "inpaint" ? 1 : s.batch; // inpainting: one image of the uploaded one
   try {
     await ensureModels(s.precision, s.vae);
     // the request's LoRAs by the server's rule (edge/web/loras.js): tags out of the prompt; a
@@ -203,18 +340,18 @@ async function generate() {
       setStatus("Encoding the prompt on the server (a LoRA changes the text encoder)…", "busy");
       const guided = usesUnconditional(s.guidance, state.manifest);
       const enc = await encodeOnServer(guided ? [plan.text, s.negative] : [plan.text], plan.textEncoder, s.dtype);
-      tensors.context = enc.rows[0];
-      if (guided) tensors.unconditional_context = enc.rows[1]; // the empty prompt must see the LoRA too
+      tensors.context = repeatRows(enc.rows[0], batch);
+      if (guided) tensors.unconditional_context = repeatRows(enc.rows[1], batch); // the empty prompt must see the LoRA too
       params.context_loras = asJson(JSON.parse(enc.applied));
     } else {
       setStatus("Encoding the prompt…", "busy");
       const ctx = await encodeText(plan.text);
-      tensors.context = tensorMsg(ctx.values, ctx.shape, s.dtype);
+      tensors.context = repeatRows(tensorMsg(ctx.values, ctx.shape, s.dtype), batch);
       // without a negative prompt the server uses the model's own empty-prompt context; with
       // guidance off (<= 1) or an LCM UNet it reads no unconditional context at all
       if (s.negative && usesUnconditional(s.guidance, state.manifest)) {
         const un = await encodeText(s.negative);
-        tensors.unconditional_context = tensorMsg(un.values, un.shape, s.dtype);
+        tensors.unconditional_context = repeatRows(tensorMsg(un.values, un.shape, s.dtype), batch);
       }
     }
     timings.text = performance.now() - t;
@@ -232,27 +369,34 @@ async function generate() {
       tensors.image_latents = tensorMsg(lat.values, lat.shape, s.dtype);
       tensors.mask = { dtype: "U8", shape: [image.h, image.w], data: mask };
       Object.assign(params, { mask_blur: s.maskBlur, strength: s.strength });
+    } else if (s.size) {
+      const [w, h] = s.size.split("x").map(Number);
+      Object.assign(params, { width: w, height: h });
     }
     setStatus("Diffusing on the server…", "busy");
     t = performance.now();
-    const res = await diffuse(tensors, params);
+    const res = await diffuse(tensors, params, { signal: state.controller.signal, onStep: showProgress });
     timings.diffuse = performance.now() - t;
     setStatus("Decoding…", "busy");
     t = performance.now();
     const dec = await decode(res.latents);
-    let pixels = dec.pixels;
-    if (mask) pixels = pasteBack(image.rgb, pixels, mask, dec.h, dec.w, s.maskBlur);
+    let images = dec.images;
+    if (mask) images = [pasteBack(image.rgb, images[0], mask, dec.h, dec.w, s.maskBlur)];
     timings.decode = performance.now() - t;
-    draw($("image"), pixels, dec.h, dec.w);
     $("mask").classList.toggle("faded", Boolean(mask)); // show the result; painting shows the mask again
     const seeds = JSON.parse(res.metadata.seeds || "[]");
     state.last = {
-      mode: state.mode, pixels: Array.from(pixels), height: dec.h, width: dec.w, seeds,
+      mode: state.mode, pixels: Array.from(images[0]), count: images.length, height: dec.h, width: dec.w, seeds,
       parameters: JSON.parse(res.metadata.parameters || "{}"), sent: res.sent, received: res.received,
-      timings, backend: state.backend, mask: mask ? Array.from(mask) : null,
+      bodyBytes: res.body, timings, backend: state.backend, mask: mask ? Array.from(mask) : null,
       image: image ? Array.from(image.rgb) : null, modelSources: state.modelSources,
       loras: { unet: plan.unet, textEncoder: plan.textEncoder, encodedOnServer: plan.encodeOnServer },
+      prompt: s.prompt, negative: s.negative, infotextFields: JSON.parse(res.metadata.infotext_fields || "[]"),
+      steps: state.progress,
     };
+    state.images = images; // typed arrays, kept out of `last` (tests read it as JSON): sdEdge.image(k)
+    renderGallery(state.last);
+    await show(0);
     $("t-text").textContent = ms(timings.text);
     $("t-image").textContent = timings.image === undefined ? "–" : ms(timings.image);
     $("t-diffuse").textContent = ms(timings.diffuse);
@@ -260,15 +404,25 @@ async function generate() {
     $("b-sent").textContent = kb(res.sent);
     $("b-received").textContent = kb(res.received);
     $("out-seed").textContent = seeds.join(", ");
-    setStatus("Done.", "done");
+    setStatus(`Done: ${images.length} image${images.length > 1 ? "s" : ""} in ${(
+      Object.values(timings).reduce((a, b) => a + b, 0) / 1000).toFixed(1)} s.`, "done");
     return state.last;
   } catch (e) {
+    if (e.name === "AbortError") {
+      const p = state.progress;
+      state.error = null;
+      setStatus(p ? `Stopped at step ${p.step} of ${p.of}.` : "Stopped.", "stopped");
+      return null;
+    }
     state.error = String(e.message || e);
     setStatus(`Error: ${state.error}`, "error");
     return null;
   } finally {
     state.busy = false;
+    state.controller = null;
     $("run").disabled = false;
+    $("stop").disabled = true;
+    $("progress").hidden = true;
   }
 }
 
@@ -333,6 +487,7 @@ function setMode(mode) {
   $("tab-txt2img").classList.toggle("active", mode === "txt2img");
   $("tab-inpaint").classList.toggle("active", mode === "inpaint");
   $("inpaint-controls").hidden = mode !== "inpaint";
+  $("txt2img-controls").hidden = mode === "inpaint";
   $("mask").hidden = mode !== "inpaint";
   $("run").textContent = mode === "inpaint" ? "Inpaint" : "Generate";
   if (mode === "inpaint" && state.image) draw($("image"), state.image.rgb, state.image.h, state.image.w);
@@ -356,6 +511,8 @@ async function main() {
       state.serverInfo = r.ok ? await r.json() : null;
     } catch (e) { state.serverInfo = null; }
     renderLoras();
+    fillSizes(m, state.serverInfo && state.serverInfo.limits);
+    if (state.serverInfo && state.serverInfo.limits) $("batch").max = String(state.serverInfo.limits.max_batch);
     for (const s of m.schedulers) $("scheduler").add(new Option(s, s, s === m.default_scheduler, s === m.default_scheduler));
     for (const opt of $("precision").options) { // only the precisions this export has (the bundled one: float16)
       opt.disabled = !m.artifacts.some((a) => a.format === "tfjs" && a.component === "text_encoder"
@@ -373,6 +530,7 @@ async function main() {
     $("prompt").addEventListener("input", count);
     count();
     $("run").addEventListener("click", generate);
+    $("stop").addEventListener("click", stop);
     $("tab-txt2img").addEventListener("click", () => setMode("txt2img"));
     $("tab-inpaint").addEventListener("click", () => setMode("inpaint"));
     $("image-file").addEventListener("change", (ev) => ev.target.files[0] && loadImageFile(ev.target.files[0]));

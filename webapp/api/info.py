@@ -28,4 +28,7 @@ async def models(server=Depends(current_server)):
     info = {**server.engine.info(), "component": server.component}
     manifest = server.exports_manifest()
     info.update(edge_exports=manifest is not None, edge_manifest=manifest)
+    L = server.limits  # what a client may ask for (the edge page sizes its controls by them)
+    info["limits"] = {"max_steps": L.max_steps, "max_batch": L.max_batch, "max_side": L.max_side,
+                      "max_prompt_chars": L.max_prompt_chars, "max_guidance": L.max_guidance}
     return info

@@ -14,11 +14,13 @@ from models import chain
 from models.errors import InvalidInput
 from models.lora.prompt_tags import parse_lora_tags
 from models.pipeline import MAX_SEED
+from models.png_info import format_fields
 
 from .. import wire
 from ..errors import ApiError, error_responses
 from ..images import load_image, png_b64
 from ..limits import read_body
+from . import events
 from . import tensors as T
 from .deps import hosting, model_for
 from .schemas import (BINARY, LORAS_TEXT_DOC, MAX_GUIDANCE, WIRE_DOC, Dtype, EncodeRequest, Scheduler,
@@ -100,19 +102,26 @@ async def diffuse(request: Request,
         raise ApiError(409, e.code, e.message) from None
     out_dtype = dtype or ("float16" if sent["context"].dtype == np.float16 else "float32")  # answer in kind
 
-    def work(job):
+    def work(job, callback=None):
         return server.engine.diffuse(t["context"], t.get("unconditional_context"), seed=seed, steps=steps,
                                      guidance_scale=guidance_scale, scheduler=scheduler, height=height,
                                      width=width, image_latents=t.get("image_latents"), mask=t.get("mask"),
                                      masked_image_latents=t.get("masked_image_latents"), strength=strength,
                                      mask_blur=mask_blur, model=model, check=job.check, loras=loras,
-                                     context_loras=context_loras)
+                                     context_loras=context_loras, callback=callback)
 
+    def answer(gen) -> bytes:
+        seeds = [int(s) for s in gen.seeds]
+        # each row's "Steps: ..., Seed: ..." line of the PNG text (models.png_info): the client, which
+        # alone knows the prompt, puts the prompt lines above it
+        fields = [format_fields({**gen.parameters, "seed": s}) for s in seeds]
+        return wire.encode({"latents": np.asarray(gen.latents).astype(out_dtype)},
+                           {"seeds": seeds, "parameters": gen.parameters, "infotext_fields": fields})
+
+    if events.wanted(request):  # step events, then the same body (webapp.api.events)
+        return await events.respond(server.gate, work, answer)
     gen = await server.gate.run(work, request)
-    seeds = [int(s) for s in gen.seeds]
-    body = wire.encode({"latents": np.asarray(gen.latents).astype(out_dtype)},
-                       {"seeds": seeds, "parameters": gen.parameters})
-    return Response(body, media_type=wire.MEDIA_TYPE, headers={"X-Seeds": ",".join(map(str, seeds))})
+    return Response(answer(gen), media_type=wire.MEDIA_TYPE, headers={"X-Seeds": ",".join(map(str, gen.seeds))})
 
 
 @router.post("/decode", summary="Latents -> PNG (B=1) or JSON of base64 PNGs (B>1)", response_class=Response,
