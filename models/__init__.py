@@ -10,7 +10,8 @@ from __future__ import annotations
 
 def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compile: bool = False,
                   unet: str | None = None, dtype: str | None = None, guidance_batching: str = "auto",
-                  parts=None, loras=None, clip_skip: int = 1, vae: str | None = None):
+                  parts=None, loras=None, clip_skip: int = 1, vae: str | None = None,
+                  taesd: str | None = None):
     """Load a model and wrap it in a pipeline.
 
     `unet` optionally names a fine-tuned diffusion model that replaces the base one.
@@ -26,6 +27,8 @@ def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compi
     `vae`: a replacement VAE (a diffusers AutoencoderKL or AutoencoderTiny/TAESD folder,
     taesd_decoder.safetensors, a single-file VAE such as vae-ft-mse-840000-ema-pruned.safetensors;
     see models.checkpoints.vae_files); decode_latents / encode_image then run it.
+    `taesd`: a TAESD (AutoencoderTiny folder or taesd_decoder.safetensors) for `pipe.preview`
+    only: progress previews through it instead of the model's decoder at preview size.
     """
     from .loading import load_components, load_unet
     from .pipeline import StableDiffusionPipeline
@@ -46,6 +49,13 @@ def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compi
 
         with only_parts(parts):
             pipe.swap_vae(*load_vae(vae, allow_pickle=allow_pickle, dtype=dtype, base_config=components.vae_config))
+    if taesd is not None and (parts is None or "decoder" in parts):
+        from .checkpoints.assemble import only_parts
+        from .checkpoints.vae_files import load_vae
+
+        with only_parts(["decoder"]):  # previews need no encoder
+            _, decoder, config = load_vae(taesd, allow_pickle=allow_pickle, dtype=dtype)
+        pipe.set_preview_decoder(decoder, config)
     if unet is not None and (parts is None or "unet" in parts):
         pipe.swap_unet(load_unet(unet, allow_pickle=allow_pickle, dtype=dtype))
     if loras:

@@ -27,6 +27,9 @@ from .tokenizer import TruncationWarning
 from .vae import split_moments
 
 MAX_SEED = 2**32 - 1
+# Previews without a TAESD: the model's decoder runs on the x0 latents area-downscaled to at
+# most this side (decided here only; see StableDiffusionPipeline.preview)
+PREVIEW_MAX_LATENT_SIDE = 16
 MAX_STEPS = 1000
 DEFAULT_SCHEDULER = "ddim"
 
@@ -64,6 +67,24 @@ def _max_chunks():
     from .prompt_weighting import MAX_CHUNKS
 
     return MAX_CHUNKS
+
+
+def _takes_x0(callback) -> bool:
+    """Whether a step callback takes the keyword `x0` (by name, or through **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "x0" and p.kind != p.POSITIONAL_ONLY or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def preview_latent_size(h: int, w: int, max_side: int | None = None) -> tuple[int, int]:
+    """The latent size the full decoder previews at: (h, w) shrunk by the smallest integer factor
+    that brings the longer side to at most `max_side` (SD at 512 px: 64 -> 16, a 128 px preview)."""
+    factor = max(1, math.ceil(max(h, w) / (max_side or PREVIEW_MAX_LATENT_SIDE)))
+    return max(1, math.ceil(h / factor)), max(1, math.ceil(w / factor))
 
 
 def _require(model):
@@ -107,6 +128,7 @@ class StableDiffusionPipeline:
         if clip_skip != 1:
             self.clip_skip = clip_skip
         self._traced = {}  # network name -> its compiled call (dropped when the network is swapped)
+        self.preview_decoder, self.preview_config = None, None  # a TAESD for previews (set_preview_decoder)
 
     def _compiled(self, name):
         """The network's compiled call, traced once per input signature: every public primitive
@@ -195,6 +217,45 @@ class StableDiffusionPipeline:
         self.encoder, self.decoder = encoder, decoder
         self._traced.pop("encoder", None)  # the old traces hold the old VAE
         self._traced.pop("decoder", None)
+
+    # -- previews --------------------------------------------------------------------------
+    def set_preview_decoder(self, decoder, config):
+        """Use this TAESD decoder (models.checkpoints.vae_files.load_vae gives it, with its
+        TinyAutoencoderConfig) for `preview`; None goes back to the model's decoder at preview size."""
+        from .config import TinyAutoencoderConfig
+
+        if decoder is not None:
+            if not isinstance(config, TinyAutoencoderConfig):
+                raise InvalidInput(f"a preview decoder is a TAESD (AutoencoderTiny), got a {type(config).__name__}")
+            if config.latent_channels != self.latent_channels:
+                raise InvalidInput(f"the preview TAESD decodes {config.latent_channels}-channel latents, this "
+                                   f"model makes {self.latent_channels}")
+        self.preview_decoder, self.preview_config = decoder, (config if decoder is not None else None)
+        self._traced.pop("preview_decoder", None)
+
+    @property
+    def preview_method(self) -> str:
+        """"taesd" (full size through a TAESD) or "decoder" (the model's VAE at preview size)."""
+        from .config import TinyAutoencoderConfig
+
+        if self.preview_decoder is not None or isinstance(self.components.vae_config, TinyAutoencoderConfig):
+            return "taesd"
+        return "decoder"
+
+    def preview(self, latents) -> np.ndarray:
+        """uint8 [B, H', W', 3] pictures of latents for progress previews (pass a step's x0: the
+        step callback's `x0`). Through the preview TAESD at full size when one is set (or when the
+        model's VAE is a TAESD); otherwise the model's decoder on the latents area-downscaled to
+        preview_latent_size (a 128 px picture for SD at 512 px instead of a 512 px one)."""
+        latents = tf.constant(np.asarray(latents, np.float32))
+        if self.preview_decoder is not None:
+            return to_uint8(self._compiled("preview_decoder")(latents / self.preview_config.scaling_factor).numpy())
+        if self.preview_method == "decoder":
+            h, w = preview_latent_size(int(latents.shape[1]), int(latents.shape[2]))
+            if (h, w) != tuple(latents.shape[1:3]):
+                latents = tf.image.resize(latents, (h, w), method="area")
+        _require(self.decoder)
+        return to_uint8(self._decode(latents).numpy())
 
     # -- LoRAs (models/lora: merged into the weights, restored bit for bit) ---------------
     def load_lora(self, path, scale: float = 1.0, name: str | None = None, *, activate: bool = True,
@@ -505,11 +566,14 @@ class StableDiffusionPipeline:
             x = loop.run(x, start=tf.constant(start, tf.int32), **args)
         else:
             state = loop.scheduler.initial_state(x)
+            with_x0 = callback is not None and _takes_x0(callback)
             for i in range(start, steps):
                 if check is not None:
                     check()
-                x, state = loop.step(x, state, tf.constant(i, tf.int32), **args)
-                if callback is not None:
+                x, state, x0 = loop.step(x, state, tf.constant(i, tf.int32), **args)
+                if with_x0:
+                    callback(i - start + 1, steps - start, x.numpy(), x0=x0.numpy())
+                elif callback is not None:
                     callback(i - start + 1, steps - start, x.numpy())
         return Diffused(x.numpy(), [seed + k for k in range(batch_size)], params)
 
@@ -554,7 +618,9 @@ class StableDiffusionPipeline:
         (with `masked_image_latents` for a 9-channel UNet: the image encoder ran on a client)
         go straight to the diffusion stage; the client then pastes the unmasked pixels back.
         `decode=False` skips the VAE decoder: `images` is then None.
-        `callback(step, num_steps, latents)` runs after every step; raise Cancelled to stop.
+        `callback(step, num_steps, latents)` runs after every step; raise Cancelled to stop. A
+        callback that takes the keyword `x0` also gets the scheduler's predicted final latents at that
+        step (what `preview` pictures).
         """
         self._check_batch(batch_size)  # the chain sizes its contexts by it before diffuse checks it again
         common = dict(steps=num_steps, guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,

@@ -107,10 +107,16 @@ class DenoiseLoop:
         return tf.cond(start > 0, lambda: noisy_image, lambda: pure)
 
     def _step(self, x, state, i, num_steps, context, uncond, guidance, seed, mask, cond_latents, noise):
+        """One step -> (next latents, state, x0): x0 is the scheduler's prediction of the final
+        latents from this step's model output (previews show it), with the known region of a
+        BLEND run (img2img, latent-blending inpainting) being the original's latents."""
         plan = self.scheduler.plan(num_steps)
         eps = self._guided_noise(plan, i, x, context, uncond, guidance, mask, cond_latents)
+        x0 = self.scheduler.plan_predicted_x0(plan, i, eps, x)
+        if self.mode == BLEND:
+            x0 = mask * x0 + (1.0 - mask) * cond_latents
         x, state = self.scheduler.plan_step(plan, i, eps, x, state, seed=seed)
-        return self._after_step(plan, i, x, mask, cond_latents, noise, num_steps), state
+        return self._after_step(plan, i, x, mask, cond_latents, noise, num_steps), state, x0
 
     def _run(self, x, num_steps, start, context, uncond, guidance, seed, mask, cond_latents, noise):
         plan = self.scheduler.plan(num_steps)

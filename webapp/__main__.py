@@ -24,6 +24,9 @@ def parse_args(argv=None):
     p.add_argument("--loras-dir", default=None, help="folder of .safetensors LoRAs: each is checked against the "
                    "base at start (a file that does not fit stops the server, named) and selectable per request "
                    "(loras: [{name, scale}] or <lora:name:scale> in the prompt)")
+    p.add_argument("--taesd", default=None, metavar="PATH", help="a TAESD (AutoencoderTiny folder, or "
+                   "taesd_decoder.safetensors) for the UI's progress previews of the predicted image "
+                   "(default: the model's decoder at preview size)")
     p.add_argument("--component", default="all", choices=["all", "text_encoder", "diffusion", "decoder"])
     p.add_argument("--text-encoder-url", default=None)
     p.add_argument("--diffusion-url", default=None)
@@ -61,7 +64,7 @@ def config_from_args(args):
                   text_encoder_url=args.text_encoder_url, diffusion_url=args.diffusion_url,
                   decoder_url=args.decoder_url, exports=args.exports, edge_dir=args.edge_dir, ui=not args.no_ui,
                   token=token_from_env(args.token_env) or "",
-                  cors=args.cors, limits=limits, split_dtype=args.split_dtype)
+                  cors=args.cors, limits=limits, split_dtype=args.split_dtype, taesd=args.taesd)
 
 
 def main(argv=None):

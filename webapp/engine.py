@@ -207,3 +207,9 @@ class LocalEngine:
     def encode_pixels(self, images, check=None) -> np.ndarray:
         with self.lock:
             return self.pipe.encode_pixels(images, check=check)
+
+    def preview(self, latents) -> np.ndarray:
+        """A progress preview of latents (the step callback's x0): TAESD when the server has one
+        (--taesd), else the decoder at preview size (models.pipeline.StableDiffusionPipeline.preview)."""
+        with self.lock:
+            return self.pipe.preview(latents)

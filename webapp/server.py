@@ -46,6 +46,7 @@ class Config:
     cors: str | None = None  # comma-separated origins; None: read SD_CORS_ORIGINS
     limits: Limits = dataclasses.field(default_factory=Limits.from_env)
     split_dtype: str = "float32"
+    taesd: str | None = None  # a TAESD for the UI's progress previews (else the decoder at preview size)
 
     @property
     def is_frontend(self) -> bool:
@@ -94,7 +95,8 @@ class Server:
 
         from .engine import LocalEngine
 
-        pipe = load_pipeline(c.model, unet=c.unet, parts=NETWORKS[c.component])
+        pipe = load_pipeline(c.model, unet=c.unet, parts=NETWORKS[c.component],
+                             taesd=c.taesd if c.component == "all" else None)
         name = os.path.basename(os.path.normpath(c.model)) if c.model != "tiny" else "tiny"
         return LocalEngine(pipe, base_name=name, models_dir=c.models_dir, loras_dir=c.loras_dir)
 

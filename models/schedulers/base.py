@@ -124,6 +124,19 @@ class Scheduler:
     def _step(self, plan, i, model_output, sample, state, seed=None):
         raise NotImplementedError
 
+    def plan_predicted_x0(self, plan, i, model_output, sample):
+        """The sampler's estimate of the final (clean) latents at step index i, from the same
+        model output `plan_step` takes: what a preview shows. On the latents' own scale (scaled by
+        the VAE factor, like the loop's result); at the last step of a run that ends on sigma 0
+        (every sampler but DDIM, whose last step lands on alphas_cumprod[0]) it is the result."""
+        return self._predicted_x0(plan, self._clip_index(plan, i), tf.convert_to_tensor(model_output),
+                                  tf.convert_to_tensor(sample))
+
+    def _predicted_x0(self, plan, i, model_output, sample):
+        """Variance-preserving samplers: x0 from sample = a * x0 + b * noise (see _noise_coefs)."""
+        a, b = self._noise_coefs(plan, i)
+        return self._vp_predictions(model_output, sample, a, b)[0]
+
     def plan_add_noise(self, plan, x0, noise, i):
         """The noisy sample at step index i, in this sampler's scaling (img2img's start)."""
         return self._add_noise_at(plan, x0, noise, self._clip_index(plan, i))

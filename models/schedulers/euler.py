@@ -59,6 +59,9 @@ class EulerScheduler(Scheduler):
             return model_output * (-sigma / tf.sqrt(sigma * sigma + 1.0)) + sample / (sigma * sigma + 1.0)
         return sample - sigma * model_output
 
+    def _predicted_x0(self, plan, i, model_output, sample):
+        return self._denoised(model_output, sample, plan["sigmas"][i])
+
     def _step(self, plan, i, model_output, sample, state, seed=None):
         sigma = plan["sigmas"][i]
         x0 = self._denoised(model_output, sample, sigma)

@@ -48,6 +48,12 @@ class LCMScheduler(Scheduler):
     def _noise(self, shape, seed, i):
         return tf.random.normal(shape) if seed is None else stateless_normal(shape, seed, i)
 
+    def _predicted_x0(self, plan, i, model_output, sample):
+        """The consistency model's output (c_out * x0 + c_skip * sample): what the step keeps."""
+        a_t = plan["alphas_cumprod"][i]
+        x0, _ = self._vp_predictions(model_output, sample, tf.sqrt(a_t), tf.sqrt(1.0 - a_t))
+        return plan["c_out"][i] * x0 + plan["c_skip"][i] * sample
+
     def _step(self, plan, i, model_output, sample, state, seed=None):
         a_t = plan["alphas_cumprod"][i]
         x0, _ = self._vp_predictions(model_output, sample, tf.sqrt(a_t), tf.sqrt(1.0 - a_t))

@@ -4,7 +4,9 @@ called (by a test, or gradio_client through the page) without building the page.
 Generation goes through the same Gate as the REST API (one bounded queue for both), the same
 limits (webapp.limits.Limits: the Gradio API is a second door to the model, and Gradio itself
 checks only the sliders' ranges, NaN passing) and the same chain (models.chain). Per-step
-previews decode the intermediate latents; Stop cancels the running job at its next step.
+previews picture the scheduler's predicted final latents (x0) through the engine's `preview`
+(TAESD with --taesd, else the decoder at preview size); Stop cancels the running job at its
+next step.
 Errors raise gr.Error with the API's message, so gradio_client raises too.
 """
 
@@ -344,10 +346,13 @@ class UIHandlers:
         updates: asyncio.Queue = asyncio.Queue()
         engine = self.engine
 
-        def callback(i, n, latents):
+        def callback(i, n, latents, x0=None):
             preview = None
             if preview_every and (i % preview_every == 0 or i == n) and not engine.remote:
-                preview = engine.decode(latents[:1])[0]
+                if x0 is not None and hasattr(engine, "preview"):  # the predicted final image
+                    preview = engine.preview(x0[:1])[0]
+                else:  # stages that give no x0: the intermediate latents themselves
+                    preview = engine.decode(latents[:1])[0]
             loop.call_soon_threadsafe(updates.put_nowait, ("step", (i, n, preview)))
 
         task = asyncio.ensure_future(self.server.gate.run(lambda job: fn(job, callback)))
