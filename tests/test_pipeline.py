@@ -120,8 +120,14 @@ def test_inpaint_all_one_mask_runs_like_txt2img(tiny_pipeline, rng):
     assert out.images.shape == (1, 64, 64, 3)
 
 
-def test_nine_channel_inpainting_unet(rng):
-    pipe = StableDiffusionPipeline(random_components(in_channels=9))
+@pytest.fixture(scope="module")
+def nine_channel_pipeline():
+    """One 9-channel inpainting pipeline for the file: its concat loop is traced once."""
+    return StableDiffusionPipeline(random_components(in_channels=9))
+
+
+def test_nine_channel_inpainting_unet(nine_channel_pipeline, rng):
+    pipe = nine_channel_pipeline
     image, mask = _image_and_mask(rng)
     out = pipe.inpaint(PROMPT, image, mask, num_steps=2, seed=0)[0]
     np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
@@ -147,12 +153,12 @@ def test_primitives_shapes(tiny_pipeline):
     assert tiny_pipeline.encode_image(img).shape == (2, 8, 8, 4)
 
 
-def test_primitives_run_compiled_and_follow_swaps(rng):
+def test_primitives_run_compiled_and_follow_swaps(tiny_pipeline, rng):
     """predict_noise / decode_latents / encode_image are graphs traced once per shape (not eager
     calls), equal to the networks' eager outputs, and a swapped network is the one that runs."""
     import tensorflow as tf
 
-    pipe = StableDiffusionPipeline(random_components(seed=5))
+    pipe = StableDiffusionPipeline(random_components(seed=5))  # its own: the swaps below change it
     lat = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
     ctx = pipe.encode_text(["a", "b"])
     t = np.full([2], 500.0, np.float32)
@@ -165,7 +171,7 @@ def test_primitives_run_compiled_and_follow_swaps(rng):
     pixels = pipe.decode_latents(lat)
     assert pipe._compiled("decoder").experimental_get_tracing_count() == 1
     np.testing.assert_allclose(pipe.encode_image(pixels), pipe.encode_image(pixels), rtol=0)
-    other = random_components(seed=6)
+    other = tiny_pipeline.components  # other (seed-0) networks, only read: swaps change the pipe they go into
     pipe.swap_unet(other.unet)
     np.testing.assert_allclose(pipe.predict_noise(lat, 500, ctx), other.unet([lat, t, ctx], training=False).numpy(),
                                rtol=1e-4, atol=1e-5)
@@ -208,9 +214,9 @@ def test_overlong_prompt_is_truncated_with_a_warning(tiny_pipeline):
 
 
 @pytest.mark.parametrize("in_channels", [4, 9])
-def test_inpaint_from_client_side_latents_equals_inpaint_from_pixels(rng, in_channels):
+def test_inpaint_from_client_side_latents_equals_inpaint_from_pixels(request, rng, in_channels):
     """The split deployment: the client encodes the image, the server diffuses from latents."""
-    pipe = StableDiffusionPipeline(random_components(in_channels=in_channels))
+    pipe = request.getfixturevalue("tiny_pipeline" if in_channels == 4 else "nine_channel_pipeline")
     image, mask = _image_and_mask(rng)
     blur = 2 if in_channels == 4 else 0  # a 9-channel client zeroes the pixels of the (blurred) mask >= 0.5
     full = pipe.generate(PROMPT, image=image, mask=mask, num_steps=3, seed=5, mask_blur=blur)
