@@ -45,13 +45,15 @@ def model_shapes(name: str) -> dict:
 
 
 def _response_metadata(latent):
-    """What the server's /diffuse returns (webapp/api.py): seeds and the generation parameters;
-    a 10-digit random seed, the longest there is."""
+    """What the server's /diffuse returns (webapp/api/stages.py): seeds, the generation parameters
+    and each row's PNG text line; a 10-digit random seed, the longest there is."""
+    from models.png_info import format_fields
+
     seed = 4_000_000_000
     size = latent[0] * 8
     params = {"steps": 20, "guidance": 7.5, "seed": seed, "scheduler": "ddim", "height": size, "width": size,
               "model": "tiny"}
-    return {"seeds": [seed], "parameters": params}
+    return {"seeds": [seed], "parameters": params, "infotext_fields": [format_fields(params)]}
 
 
 def txt2img_bytes(context, latent, negative_prompt=False, dtype="float16") -> dict:
