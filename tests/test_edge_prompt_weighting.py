@@ -146,3 +146,59 @@ def test_tflite_client_context_equals_the_servers(tflite_export):
     print(f"TFLite client vs server contexts: max abs difference {worst:.3g}")
     assert worst < 1e-4
     assert models.encode_text(LONG).shape[1] == 154
+
+
+@pytest.fixture(scope="module")
+def hybrid_server(tflite_export):
+    """The real app, all in one, on a loopback port (uvicorn in a thread), serving the export."""
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    import uvicorn
+
+    from webapp.server import Config, create_app
+
+    app = create_app(Config(model="tiny", exports=tflite_export, ui=False, token=""))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.2)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+def test_hybrid_txt2img_with_a_long_weighted_prompt_matches_all_in_one(tflite_export, hybrid_server):
+    """Mode 3: the TFLite client encodes a 154-token weighted prompt (and a one-chunk negative
+    prompt, which the server pads), sends it through /diffuse, decodes; the all-in-one server's
+    /txt2img gives the same image."""
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    from edge.client import EdgeClient, EdgeModels
+
+    client = EdgeClient(hybrid_server, EdgeModels(tflite_export), dtype="float32")
+    result = client.txt2img(LONG, negative_prompt="green", seed=3, steps=4)
+    body = json.dumps({"prompt": LONG, "negative_prompt": "green", "seed": 3, "steps": 4}).encode()
+    req = urllib.request.Request(f"{hybrid_server}/api/v1/txt2img", data=body, method="POST",
+                                 headers={"Content-Type": "application/json", "Accept": "image/png"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        reference = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+    err = np.mean((result.images[0].astype(np.float64) - reference) ** 2)
+    psnr = float("inf") if err == 0 else 10 * np.log10(255.0 ** 2 / err)
+    print(f"hybrid (TFLite client, 154-token weighted prompt) vs all in one: PSNR {psnr:.1f} dB")
+    assert psnr >= 30.0
