@@ -187,7 +187,7 @@ def test_diffuse_tensors_that_fit_come_back_as_float32():
 def test_token_label_counts_and_does_not_tokenize_text_over_the_limit():
     h = UIHandlers(make_server(max_prompt_chars=200))
     assert h.token_label("a red circle") == "3/75 tokens"
-    assert h.token_label(" ".join(["w"] * 80)) == "80/75 tokens — 5 will be dropped"
+    assert h.token_label(" ".join(["w"] * 80)) == "80/150 tokens, 2 chunks"  # chunked, nothing dropped
     h.engine.calls.clear()
     assert "over the 200-character limit" in h.token_label("x" * 201)
     assert h.engine.calls == []

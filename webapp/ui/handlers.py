@@ -78,8 +78,8 @@ class UIHandlers:
             n = self.engine.count_tokens(text)
         except Exception:
             return ""
-        over = f" — {n - self.max_tokens} will be dropped" if n > self.max_tokens else ""
-        return f"{n}/{self.max_tokens} tokens{over}"
+        k = max(1, -(-n // self.max_tokens))  # an engine without token_label: whole chunks, no comma rule
+        return f"{n}/{self.max_tokens * k} tokens" + (f", {k} chunks" if k > 1 else "")
 
     def select_model(self, name):
         """Only says which model this page's runs will use: each run sends the dropdown's value,
