@@ -112,12 +112,21 @@ def shoot(url, out, long_steps=150):
         steps.fill("20")
         steps.press("Enter")
 
-        # inpainting: upload the sample, paint a stroke with the brush, inpaint
+        # inpainting: a file that is not an image gets a message; then upload the sample, paint
+        # a stroke with the brush, inpaint
         page.get_by_role("tab", name="Inpainting").click()
+        page.wait_for_timeout(1000)
+        not_image = os.path.join(tmp, "notes.txt")
+        with open(not_image, "w") as f:
+            f.write("not an image")
+        page.locator("#inpaint-editor input[type=file]").first.set_input_files(not_image)
+        wait_text(page, ".upload-error", '"notes.txt" is not an image (text/plain)', out, timeout=10_000)
         with page.expect_file_chooser() as chooser:
-            page.get_by_text("Upload an image").first.click()
+            page.locator("#inpaint-editor").get_by_text("Upload an image").first.click()
         chooser.value.set_files(png)
         page.wait_for_timeout(2000)
+        if page.locator(".upload-error").count():
+            raise AssertionError("the upload message stayed after an image was uploaded")
         page.get_by_role("button", name="Brush").first.click() if page.get_by_role(
             "button", name="Brush").count() else None
         canvas = page.locator("canvas").first
@@ -141,6 +150,17 @@ def shoot(url, out, long_steps=150):
                                timeout=60_000)
         page.wait_for_timeout(800)
         page.screenshot(path=os.path.join(out, "ui-pnginfo.png"), full_page=True)
+
+        # on a phone-width screen the editor's label is not under its toolbar
+        page.get_by_role("tab", name="Inpainting").click()
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(800)
+        label = page.locator("#inpaint-editor [data-testid='block-label']").first.bounding_box()
+        tools = page.locator("#inpaint-editor button[aria-label='Pan']").first.bounding_box()  # the top toolbar's first
+        if label and tools and label["x"] + label["width"] > tools["x"] and label["y"] < tools["y"] + tools["height"]:
+            raise AssertionError(f"the editor's label {label} runs under its toolbar {tools} at 390 px")
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.get_by_role("tab", name="PNG info").click()
 
         # "Send to txt2img" fills the txt2img form and switches to it
         page.get_by_role("button", name="Send to txt2img").click()

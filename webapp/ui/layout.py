@@ -18,7 +18,9 @@ INTRO = ("## Stable Diffusion, cloud and edge\nThe embedded default model draws 
          "REST API: [/api/docs](/api/docs) · browser client: [/edge/](/edge/)")
 EXAMPLES = [["a red circle on a blue background", ""], ["a yellow triangle on a purple background", "green"],
             ["a white square on a black background", ""], ["a green circle on an orange background", "blue"]]
-# Ctrl+Enter (Cmd+Enter) presses the visible tab's primary button
+# Ctrl+Enter (Cmd+Enter) presses the visible tab's primary button. A file that is not an image,
+# dropped or chosen on an image input, gets a message under that input: Gradio's own image
+# components drop it without a word (the inpainting editor then says "upload an image" later).
 SHORTCUTS_JS = """() => {
   document.addEventListener('keydown', (e) => {
     if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey)) return;
@@ -26,6 +28,24 @@ SHORTCUTS_JS = """() => {
     const visible = buttons.find((b) => b && b.offsetParent !== null);
     if (visible) { e.preventDefault(); visible.click(); }
   });
+  const say = (target, files) => {
+    const block = target.closest && target.closest('.block');
+    if (!block || !block.querySelector('input[type=file][accept^="image"]')) return;
+    let note = block.parentElement.querySelector(':scope > .upload-error[data-for="' + block.id + '"]');
+    const bad = [...files].filter((f) => !(f.type || '').startsWith('image/'));
+    if (!bad.length) { if (note) note.remove(); return; }
+    if (!note) {
+      note = document.createElement('p');
+      note.className = 'upload-error';
+      note.setAttribute('role', 'alert');
+      note.dataset.for = block.id;
+      block.after(note);
+    }
+    note.textContent = bad.map((f) => '"' + f.name + '" is not an image (' + (f.type || 'unknown type') + ')').join('; ')
+      + ': upload a PNG, JPEG or WebP file.';
+  };
+  document.addEventListener('drop', (e) => e.dataTransfer && say(e.target, e.dataTransfer.files), true);
+  document.addEventListener('change', (e) => e.target.type === 'file' && say(e.target, e.target.files || []), true);
 }"""
 
 
@@ -129,7 +149,9 @@ def _inpaint_tab(gr, h, L, previews):
     c = SimpleNamespace(previews=previews)
     with gr.Row():
         with gr.Column(scale=3):
-            c.editor = gr.ImageMask(label="Image: paint the area to repaint", type="numpy", image_mode="RGBA",
+            # a short label: the editor's toolbar covers the right half of a phone-width header
+            gr.Markdown("Upload an image, then paint the area to repaint with the brush.", elem_classes="hint")
+            c.editor = gr.ImageMask(label="Image to inpaint", type="numpy", image_mode="RGBA",
                                     height=360, brush=gr.Brush(default_size=6, colors=["#ffffff"], color_mode="fixed"),
                                     sources=["upload", "clipboard"], elem_id="inpaint-editor")
             c.mask_upload = gr.Image(label="Or upload a mask (white = repaint)", type="numpy", image_mode="L",
