@@ -441,11 +441,16 @@ class StableDiffusionPipeline:
         from . import prompt_weighting
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        _require(self.text_encoder)
-        encode = self._text_encoder_fn(self.clip_skip)
         context, counts = prompt_weighting.encode_prompts(
-            self.tokenizer, lambda ids: encode(tf.constant(ids)).numpy(), prompts, check=check)
+            self.tokenizer, lambda ids: self._encode_ids(ids, check), prompts, check=check)
         return Encoded(context, counts, [0] * len(prompts))
+
+    def _encode_ids(self, ids, check=None) -> np.ndarray:
+        """token ids int32 [N, 77] -> context [N, 77, D] at this pipeline's clip skip."""
+        if check is not None:
+            check()
+        _require(self.text_encoder)
+        return self._text_encoder_fn(self.clip_skip)(tf.constant(ids)).numpy()
 
     def decode(self, latents, check=None) -> np.ndarray:
         return to_uint8(self.decode_latents(latents))

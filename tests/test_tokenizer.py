@@ -376,8 +376,11 @@ def test_the_encode_stage_passes_the_check_to_the_tokenizer(tok):
     import contextlib
 
     encoded = []
-    pipe = SimpleNamespace(tokenizer=tok, encode_text=lambda prompts, check=None: encoded.append(check),
-                           _lora_block=lambda loras: contextlib.nullcontext())
+    def encode_ids(ids, check=None):  # the text encoder's stand-in (pipeline._encode_ids)
+        encoded.append(check)
+        return np.zeros((len(ids), 77, 4), np.float32)
+
+    pipe = SimpleNamespace(tokenizer=tok, _encode_ids=encode_ids, _lora_block=lambda loras: contextlib.nullcontext())
     pipe._encode_prompts = lambda prompts, check=None: StableDiffusionPipeline._encode_prompts(pipe, prompts, check)
     with pytest.raises(Stop):
         StableDiffusionPipeline.encode_prompts(pipe, ["x" * 24_000], check=stopped)
