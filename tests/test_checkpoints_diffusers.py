@@ -592,7 +592,8 @@ def test_parts_load_only_the_named_networks(which, request):
     from models.checkpoints.assemble import NotLoaded, NotLoadedError
 
     source = request.getfixturevalue(which)
-    full = load_components(source)
+    whole = load_pipeline(source)
+    full = whole.components  # the full load (load_pipeline's load_components(source)), compared with below
     names = ("text_encoder", "unet", "decoder", "encoder")
     for parts in (["text_encoder"], ["unet"], ["decoder", "encoder"], ["encoder"]):
         comps = load_components(source, parts=parts)
@@ -605,7 +606,6 @@ def test_parts_load_only_the_named_networks(which, request):
                     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
             else:
                 assert isinstance(ours, NotLoaded) and ours.count_params() == 0
-    whole = load_pipeline(source)
     pipe = load_pipeline(source, parts=["unet"])  # the diffusion server: the empty prompt's context computed up front
     context = whole.encode_text(["a prompt"])
     ours = pipe.generate("", num_steps=2, seed=0, decode=False, context=context).latents
