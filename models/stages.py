@@ -26,9 +26,9 @@ Check = Callable[[], None] | None
 
 @dataclasses.dataclass
 class Encoded:
-    context: np.ndarray  # float32 [B, 77, D]
+    context: np.ndarray  # float32 [B, 77 k, D]: k 75-token chunks (models.prompt_weighting)
     token_counts: list  # tokens per prompt, without the start/end tokens
-    truncated: list  # tokens dropped per prompt (0 when it fit)
+    truncated: list  # tokens dropped per prompt: 0 (prompts are chunked, not cut; kept for the API)
 
 
 @dataclasses.dataclass
