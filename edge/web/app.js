@@ -49,6 +49,7 @@ async function ensureModels(precision, vae = "full") {
   state.precision = precision;
   state.vae = vae;
   state.modelSources = Object.fromEntries(Object.entries(state.models).map(([k, v]) => [k, v.source]));
+  state.modelFiles = Object.fromEntries(Object.entries(state.models).map(([k, v]) => [k, v.component]));
   $("weights").textContent = `${precision}, ${(bytes / 1e6).toFixed(1)} MB (${sources.join(", ")}) in ${ms(performance.now() - t0)}`;
 }
 
@@ -389,7 +390,7 @@ async function generate() {
       mode: state.mode, pixels: Array.from(images[0]), count: images.length, height: dec.h, width: dec.w, seeds,
       parameters: JSON.parse(res.metadata.parameters || "{}"), sent: res.sent, received: res.received,
       bodyBytes: res.body, timings, backend: state.backend, mask: mask ? Array.from(mask) : null,
-      image: image ? Array.from(image.rgb) : null, modelSources: state.modelSources,
+      image: image ? Array.from(image.rgb) : null, modelSources: state.modelSources, modelFiles: state.modelFiles,
       loras: { unet: plan.unet, textEncoder: plan.textEncoder, encodedOnServer: plan.encodeOnServer },
       prompt: s.prompt, negative: s.negative, infotextFields: JSON.parse(res.metadata.infotext_fields || "[]"),
       steps: state.progress,

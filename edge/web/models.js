@@ -43,7 +43,7 @@ async function dropStale(tf, component, precision, key) {
   } catch (e) { /* no IndexedDB (private mode): nothing cached, nothing to drop */ }
 }
 
-/** Loads one component; returns {model, source: "cache"|"network", bytes}. */
+/** Loads one component; returns {model, source: "cache"|"network", bytes, component: the files'}. */
 export async function loadModel(tf, base, manifest, component, precision, vae = "full") {
   const art = findArtifact(manifest, component, precision, vae);
   if (!art) throw new Error(`the export has no TF.js ${storedComponent(component, vae)} (${precision})`);
@@ -51,7 +51,7 @@ export async function loadModel(tf, base, manifest, component, precision, vae = 
   const key = `indexeddb://${CACHE_PREFIX}${component}-${precision}-${art.sha256.slice(0, 16)}`;
   try {
     const model = await tf.loadGraphModel(key);
-    return { model, source: "cache", bytes: art.bytes };
+    return { model, source: "cache", bytes: art.bytes, component };
   } catch (e) { /* not cached yet */ }
   const model = await tf.loadGraphModel(new URL(`${art.path}/model.json`, base).href);
   try {
@@ -60,7 +60,7 @@ export async function loadModel(tf, base, manifest, component, precision, vae = 
   } catch (e) {
     console.warn(`could not cache ${component} in IndexedDB: ${e.message || e}`);
   }
-  return { model, source: "network", bytes: art.bytes };
+  return { model, source: "network", bytes: art.bytes, component };
 }
 
 /** Runs a graph model on {signature input: tensor}; returns {signature output: tensor}. */
