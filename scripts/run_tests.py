@@ -113,7 +113,8 @@ def run_file(path, extra):
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--durations=5",
            "--durations-min=20", *extra,
            str(path.relative_to(ROOT))]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # the file's process leaves without Python's teardown of its graphs (tests/conftest.py)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "SD_TESTS_FAST_EXIT": "1"})
     out = proc.stdout + proc.stderr
     found = SUMMARY.findall(out)
     # pytest exit code 5: every test of the file deselected by the caller's -m/-k.
