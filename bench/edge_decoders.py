@@ -65,7 +65,7 @@ def _time_tflite(path, latents, threads, repeats):
     return times
 
 
-def _time_tfjs(exports_dir, models, repeats, progress):
+def _time_tfjs(exports_dir, models, repeats, progress, warmup=1):
     from playwright.sync_api import sync_playwright
 
     from .tfjs_browser import CHROMIUM, CHROMIUM_ARGS, StaticServer
@@ -84,8 +84,8 @@ def _time_tfjs(exports_dir, models, repeats, progress):
                 for key in models:
                     spec = {"latents": {"dtype": "float32", "shape": [1, LATENT, LATENT, 4]}}
                     res = page.evaluate("([u, i, w, n, s, m]) => window.benchModel(u, i, w, n, s, m)",
-                                        [f"{server.url}/exports/{key}/model.json", spec, 1, repeats, 600.0, repeats])
-                    out[key] = res["times_ms"]
+                                        [f"{server.url}/exports/{key}/model.json", spec, warmup, repeats, 600.0, repeats])
+                    out[key] = res
                     progress(f"  tfjs wasm {key:26} {median(res['times_ms']):10.1f} ms ({len(res['times_ms'])} runs)")
             finally:
                 browser.close()
@@ -94,7 +94,8 @@ def _time_tfjs(exports_dir, models, repeats, progress):
     return out, info, browser.version
 
 
-def measure(repeats=3, threads=2, precisions=("float32", "float16"), tfjs_formats=True, progress=print):
+def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("tflite", "tfjs"), warmup=1,
+            progress=print):
     import numpy as np
 
     from exports import savedmodel, tfjs, tflite
@@ -108,7 +109,7 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), tfjs_format
         for name, model, scale in _decoders():
             params = _params(model)
             fixed = DecoderModule(model, scale, 4, LATENT, batch=1, size=LATENT)
-            for precision in precisions:
+            for precision in precisions if "tflite" in runtimes else ():
                 path = os.path.join(work, f"{name}.{precision}.tflite")
                 with open(path, "wb") as f:
                     f.write(tflite.convert(fixed, precision))
@@ -116,7 +117,7 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), tfjs_format
                 rows.append({"decoder": name, "params": params, "runtime": "tflite", "precision": precision,
                              "bytes": os.path.getsize(path), "ms": r(median(times), 1), "ms_all": [r(t, 1) for t in times]})
                 progress(f"  tflite {threads} threads {name:14} {precision:8} {rows[-1]['ms']:10.1f} ms")
-            if tfjs_formats:
+            if "tfjs" in runtimes:
                 saved = savedmodel.save(DecoderModule(model, scale, 4, LATENT, batch=None, size=None),
                                         os.path.join(work, f"{name}-savedmodel"), name)
                 for precision in precisions:
@@ -125,21 +126,24 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), tfjs_format
                     tfjs_dirs[key] = (name, params, precision)
         browser = info = None
         if tfjs_dirs:
-            times, info, browser = _time_tfjs(os.path.join(work, "tfjs"), list(tfjs_dirs), repeats, progress)
+            times, info, browser = _time_tfjs(os.path.join(work, "tfjs"), list(tfjs_dirs), repeats, progress, warmup)
             for key, (name, params, precision) in tfjs_dirs.items():
                 size = sum(os.path.getsize(os.path.join(work, "tfjs", key, f)) for f in os.listdir(os.path.join(work, "tfjs", key)))
+                runs = times[key]["times_ms"]
                 rows.append({"decoder": name, "params": params, "runtime": "tfjs-wasm (chromium)", "precision": precision,
-                             "bytes": size, "ms": r(median(times[key]), 1), "ms_all": [r(t, 1) for t in times[key]]})
+                             "bytes": size, "ms": r(median(runs), 1), "ms_all": [r(t, 1) for t in runs],
+                             "first_call_ms": r(times[key]["first_ms"], 1)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratios = {}
     for row in rows:
         if row["decoder"] == "taesd_decoder":
-            full = next(x for x in rows if x["decoder"] == "vae_decoder" and x["runtime"] == row["runtime"]
-                        and x["precision"] == row["precision"])
-            ratios[f"{row['runtime']} {row['precision']}"] = r(full["ms"] / row["ms"], 1)
+            full = next((x for x in rows if x["decoder"] == "vae_decoder" and x["runtime"] == row["runtime"]
+                         and x["precision"] == row["precision"]), None)
+            if full:
+                ratios[f"{row['runtime']} {row['precision']}"] = r(full["ms"] / row["ms"], 1)
     return {"benchmark": "edge_decoders", "latent": [LATENT, LATENT, 4], "image": [LATENT * 8, LATENT * 8, 3],
-            "batch": 1, "threads": threads, "repeats": repeats, "rows": rows, "speedup_taesd": ratios,
+            "batch": 1, "threads": threads, "repeats": repeats, "warmup": warmup, "rows": rows, "speedup_taesd": ratios,
             "browser": browser and f"chromium {browser}", "wasm": info, "machine": machine_info(),
             "loadavg_start": load_start, "loadavg_end": loadavg(), "wall_s": r(time.perf_counter() - t_start, 1)}
 
@@ -159,10 +163,12 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2, this machine's cores)")
     ap.add_argument("--precisions", default="float32,float16")
-    ap.add_argument("--no-tfjs", action="store_true", help="TFLite only (no converter or chromium needed)")
+    ap.add_argument("--runtimes", default="tflite,tfjs", help="tflite, tfjs (the TF.js converter and chromium) or both")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (TF.js)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
-    res = measure(args.repeats, args.threads, tuple(args.precisions.split(",")), not args.no_tfjs)
+    res = measure(args.repeats, args.threads, tuple(args.precisions.split(",")), tuple(args.runtimes.split(",")),
+                  args.warmup)
     print(format_table(res))
     write_json(args.out, res)
     print(f"wrote {args.out}")
