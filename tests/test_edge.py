@@ -246,7 +246,8 @@ def test_paste_back_follows_the_mask_rule():
 
 # -- the browser page (TF.js in headless Chromium) -------------------------------------------
 def has_tfjs(export_dir):
-    return os.path.isfile(os.path.join(export_dir, "tfjs", "decoder", "model.json"))
+    """A TF.js decoder in either precision (the bundled edge files hold only float16)."""
+    return any(os.path.isfile(os.path.join(export_dir, "tfjs", d, "model.json")) for d in ("decoder", "decoder_float16"))
 
 
 def headless_chromium(export_dir):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from models.png_info import format_fields, read_parameters
-from tests.test_edge import CHROMIUM, CHROMIUM_ARGS, MIN_PSNR, PROMPT, psnr
+from tests.test_edge import MIN_PSNR, PROMPT, headless_chromium, psnr, wait_state
 from tests.webapp_helpers import client, engine, make_app, post_wire, serve, tensors  # noqa: F401
 from webapp import wire
 
@@ -104,32 +104,16 @@ def page_url(engine):
 
 @pytest.fixture(scope="module")
 def page(page_url):
-    import os
+    from models.checkpoints.tiny import BUNDLED_EDGE_DIR
 
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh test installs it)")
-    from edge import runtime
-
-    if runtime.missing():
-        pytest.skip("edge/web/node_modules is missing: run scripts/setup.sh (npm ci in edge/web)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with headless_chromium(BUNDLED_EDGE_DIR) as browser:
         pg = browser.new_page(accept_downloads=True)
         errors = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.goto(page_url + "/edge/")
         wait_state(pg, ("ready",))
         yield pg
-        browser.close()
         assert not errors, errors
-
-
-def wait_state(pg, states, timeout=180_000):
-    pg.wait_for_function(
-        f"{json.dumps(list(states) + ['error'])}.includes(document.getElementById('status').dataset.state)",
-        timeout=timeout)
-    assert pg.get_attribute("#status", "data-state") in states, pg.inner_text("#status")
 
 
 def api_txt2img(url, prompt, seed, steps=STEPS, negative="", **extra):

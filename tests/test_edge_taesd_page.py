@@ -13,9 +13,9 @@ from exports import export
 from models.checkpoints.vae_files import load_vae
 
 from .conftest import random_components
-from .test_edge import CHROMIUM, CHROMIUM_ARGS, MIN_PSNR, PROMPT, psnr
+from .test_edge import MIN_PSNR, PROMPT, headless_chromium, psnr, wait_state
+from .test_edge_page import api_txt2img
 from .test_export_taesd import TAESD
-from .test_edge_page import api_txt2img, wait_state
 from .webapp_helpers import make_app, serve
 
 diffusers = pytest.importorskip("diffusers")
@@ -43,35 +43,24 @@ def setup(tmp_path_factory):
     with_taesd = StableDiffusionPipeline(random_components(seed=7))
     with_taesd.swap_vae(*load_vae(str(root / "taesd")))
     with serve(make_app(LocalEngine(with_taesd, base_name="tiny"), token="", exports=out)) as url:
-        yield url
+        yield url, out
 
 
 def test_page_decodes_with_taesd_when_chosen(setup):
-    from edge import runtime
-
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh test installs it)")
-    if runtime.missing():
-        pytest.skip("edge/web/node_modules is missing: run scripts/setup.sh (npm ci in edge/web)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    url = setup
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(url + "/edge/")
-            wait_state(page, ("ready",))
-            choices = page.eval_on_selector_all("#vae option", "os => os.map(o => [o.value, o.textContent])")
-            assert choices == [["full", "full VAE"], ["taesd", "TAESD (fast)"]]
-            page.select_option("#vae", "taesd")
-            page.fill("#prompt", PROMPT)
-            page.fill("#seed", "9")
-            page.fill("#steps", str(STEPS))
-            page.click("#run")
-            wait_state(page, ("done",))
-            last = page.evaluate("window.sdEdge.state.last")
-        finally:
-            browser.close()
+    url, out = setup
+    with headless_chromium(out) as browser:
+        page = browser.new_page()
+        page.goto(url + "/edge/")
+        wait_state(page, ("ready",))
+        choices = page.eval_on_selector_all("#vae option", "os => os.map(o => [o.value, o.textContent])")
+        assert choices == [["full", "full VAE"], ["taesd", "TAESD (fast)"]]
+        page.select_option("#vae", "taesd")
+        page.fill("#prompt", PROMPT)
+        page.fill("#seed", "9")
+        page.fill("#steps", str(STEPS))
+        page.click("#run")
+        wait_state(page, ("done",))
+        last = page.evaluate("window.sdEdge.state.last")
     assert last["modelFiles"]["decoder"] == "taesd_decoder" and last["modelFiles"]["text_encoder"] == "text_encoder"
     pixels = np.array(last["pixels"], np.uint8).reshape(last["height"], last["width"], 3)
     (reference, _), = api_txt2img(url, PROMPT, 9, steps=STEPS)
