@@ -283,7 +283,9 @@ def test_img2img_handler_keeps_the_upload_size():
     assert h.engine.calls[1][1] == (1, 56, 72, 3)  # padded to the size multiple (8) for the work
 
 
-def test_a_run_yields_nothing_after_stop_answered():
+def test_a_run_ends_with_the_stop_status_after_stop_answered():
+    """After Stop the run yields one last update, "Interrupted at step N of M" with the step Stop
+    saw, so a step update in flight when Stop answered cannot be the last status shown."""
     h = UIHandlers(make_server())
     progress = {}
 
@@ -296,7 +298,8 @@ def test_a_run_yields_nothing_after_stop_answered():
         return seen
 
     seen = asyncio.run(run())
-    assert seen[-1] == "denoising: step 2 of 30" and not any(s.startswith("done") for s in seen)
+    assert seen[-2:] == ["denoising: step 2 of 30", "Interrupted at step 2 of 30"]
+    assert not any(s.startswith("done") for s in seen)
     deadline = time.monotonic() + 5
     while h.server.gate.running and time.monotonic() < deadline:
         time.sleep(0.02)

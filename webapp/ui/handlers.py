@@ -302,10 +302,18 @@ class UIHandlers:
         if progress.get("done") or "step" not in progress:
             return gr.skip(), gr.skip()
         progress["stopped"] = True
+        progress["stopped_at"] = (progress["step"], progress["of"])
+        return self._interrupted_outputs(progress)
+
+    @staticmethod
+    def _interrupted_outputs(progress):
+        import gradio as gr
+
+        step, of = progress["stopped_at"]
         gallery = gr.skip()
         if progress.get("preview") is not None:
-            gallery = [(progress["preview"], f"interrupted at step {progress['step']}")]
-        return gallery, f"Interrupted at step {progress['step']} of {progress['of']}"
+            gallery = [(progress["preview"], f"interrupted at step {step}")]
+        return gallery, f"Interrupted at step {step} of {of}"
 
     async def _stream(self, fn, previews, model, progress=None):
         """(gallery, status, info, last seed) updates: previews while denoising, then the PNGs."""
@@ -317,7 +325,11 @@ class UIHandlers:
         try:
             async for kind, payload in self._run_job(fn, 2 if previews else 0):
                 if progress.get("stopped"):
-                    return  # Stop answered; leaving ends the job (its next step raises)
+                    # the run's own last update says where it stopped: a step update still in
+                    # flight when Stop answered can then not be the last thing the page shows;
+                    # leaving ends the job (its next step raises)
+                    yield (*self._interrupted_outputs(progress), gr.skip(), gr.skip())
+                    return
                 if kind == "step":
                     i, n, preview = payload
                     progress.update(step=i, of=n)

@@ -195,7 +195,8 @@ def _wire_tab(gr, h, tab, fn, inputs, api_name, tabs, img2img, inpaint):
     tab.reuse_btn.click(lambda s: RANDOM if s is None else s, tab.last_seed, tab.seed, **private)
     run = tab.go.click(fn, [*inputs, tab.progress], [tab.gallery, tab.status, tab.info, tab.last_seed],
                        api_name=api_name)
-    tab.stop.click(h.interrupted, tab.progress, [tab.gallery, tab.status], cancels=[run], **private)
+    # no cancels=[run]: Stop flags the run, which ends itself at its next step with the final status
+    tab.stop.click(h.interrupted, tab.progress, [tab.gallery, tab.status], **private)
 
     def remember(evt: gr.SelectData):
         return evt.index
