@@ -145,15 +145,12 @@ def test_text_encoder_has_the_lora_and_clip_skip(sd2, sd2_reference):
         assert rel_err(pipe.encode_text([PROMPT, "a cat"]), ref) > 1e-2
 
 
-@pytest.mark.parametrize("scheduler", SD2_SCHEDULERS)
-def test_served_loop_equals_the_pipeline(sd2, sd2_reference, scheduler):
-    """One batch: a guided row (7.5, negative prompt) and a guidance-off row (1.0, whose
-    unconditional context is garbage the loop must not read), each equal to its own pipeline run."""
-    pipe = sd2_reference
-    _, _, out, manifest, _ = sd2
-    model = _loaded(out)
+def served_rows_against_the_pipeline(model, manifest, pipe, scheduler):
+    """One served batch of a guided row (7.5, negative prompt "blurry") and a guidance-off row
+    (1.0, an unconditional context of garbage the loop must not read) against the pipeline's own
+    runs: ((guided error, guidance-off error), guided run, guidance-off run)."""
     context = pipe.encode_text([PROMPT, "a cat"])
-    uncond = np.concatenate([pipe.encode_text(["blurry"]), np.full((1, 77, 1024), 50.0, np.float32)])
+    uncond = np.concatenate([pipe.encode_text(["blurry"]), np.full((1, 77, context.shape[-1]), 50.0, np.float32)])
     k = manifest["schedulers"].index(scheduler)
     got = model.signatures["serving_default"](
         context=tf.constant(context), unconditional_context=tf.constant(uncond),
@@ -161,7 +158,16 @@ def test_served_loop_equals_the_pipeline(sd2, sd2_reference, scheduler):
         num_steps=tf.constant([STEPS, STEPS]), scheduler=tf.constant([k, k]))["latents"].numpy()
     guided = pipe.generate(PROMPT, "blurry", seed=3, num_steps=STEPS, guidance_scale=7.5, scheduler=scheduler)
     plain = pipe.generate("a cat", seed=4, num_steps=STEPS, guidance_scale=1.0, scheduler=scheduler)
-    errs = rel_err(got[:1], guided.latents), rel_err(got[1:], plain.latents)
+    return (rel_err(got[:1], guided.latents), rel_err(got[1:], plain.latents)), guided, plain
+
+
+@pytest.mark.parametrize("scheduler", SD2_SCHEDULERS)
+def test_served_loop_equals_the_pipeline(sd2, sd2_reference, scheduler):
+    """One batch: a guided row (7.5, negative prompt) and a guidance-off row (1.0, whose
+    unconditional context is garbage the loop must not read), each equal to its own pipeline run."""
+    pipe = sd2_reference
+    _, _, out, manifest, _ = sd2
+    errs, guided, _ = served_rows_against_the_pipeline(_loaded(out), manifest, pipe, scheduler)
     print(f"sd2 v-prediction {scheduler}: rel err guided {errs[0]:.2e}, guidance off {errs[1]:.2e}")
     assert max(errs) < LOOP_BOUND
     if scheduler == "ddim":  # the LoRA is in the served UNet: without it the run differs

@@ -10,7 +10,6 @@ loop must not read), each equal to its own pipeline run.
 import dataclasses
 import os
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -19,9 +18,8 @@ from models.schedulers import NoiseSchedule
 
 from .conftest import random_components
 from .test_export import LOOP_BOUND, rel_err
+from .test_export_families import STEPS, served_rows_against_the_pipeline
 
-PROMPT = "a red circle on a blue background"
-STEPS = 3
 SCHEDULERS = ("dpmpp_2m", "euler", "euler_a")
 
 
@@ -46,16 +44,7 @@ def vpred(tmp_path_factory):
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_served_v_prediction_loop_equals_the_pipeline(vpred, scheduler):
     pipe, model, manifest = vpred
-    context = pipe.encode_text([PROMPT, "a cat"])
-    uncond = np.concatenate([pipe.encode_text(["blurry"]), np.full((1, 77, context.shape[-1]), 50.0, np.float32)])
-    k = manifest["schedulers"].index(scheduler)
-    got = model.signatures["serving_default"](
-        context=tf.constant(context), unconditional_context=tf.constant(uncond),
-        seed=tf.constant([3, 4], tf.int64), guidance_scale=tf.constant([7.5, 1.0]),
-        num_steps=tf.constant([STEPS, STEPS]), scheduler=tf.constant([k, k]))["latents"].numpy()
-    guided = pipe.generate(PROMPT, "blurry", seed=3, num_steps=STEPS, guidance_scale=7.5, scheduler=scheduler)
-    plain = pipe.generate("a cat", seed=4, num_steps=STEPS, guidance_scale=1.0, scheduler=scheduler)
-    errs = rel_err(got[:1], guided.latents), rel_err(got[1:], plain.latents)
+    errs, _, plain = served_rows_against_the_pipeline(model, manifest, pipe, scheduler)
     print(f"v-prediction {scheduler}: rel err guided {errs[0]:.2e}, guidance off {errs[1]:.2e}")
     assert max(errs) < LOOP_BOUND
     if scheduler == "euler":  # the prediction type matters: the same UNet read as epsilon runs otherwise
