@@ -3,9 +3,11 @@
     python -m training.eval_default [--model tiny] [--unet DIR] [--n 240] [--out outputs/eval]
 
 Reports, at 20 steps with the default sampler: background colour, shape colour and shape
-kind accuracy on training combinations and on the held-out combinations; and for
-inpainting (a box over the shape of a generated image, a prompt naming a new shape and
-colour) how often the new colour appears and whether the pixels outside the box survive.
+kind accuracy on training combinations and on the held-out combinations; the same for prompts
+typed other ways (training/captions.py): each phrasing family users were seen to type, and
+each held-out phrasing that training never drew from, reported apart; and for inpainting (a box
+over the shape of a generated image, a prompt naming a new shape and colour) how often the new
+colour appears and whether the pixels outside the box survive.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ def prompts_for(combos, n, seed):
     picks = [combos[i % len(combos)] for i in rng.permutation(max(n, len(combos)))[:n]] if n >= len(combos) else [
         combos[i] for i in rng.choice(len(combos), n, replace=False)]
     return [make_caption(c, s, b) for c, s, b in picks]
+
+
+def phrasing_suites(n, seed):
+    """{group: {family: (prompts, scenes)}}: n prompts per phrasing family, on training
+    combinations (the grammar's held-out combinations are measured by their own suite)."""
+    from .captions import HELD_OUT_FORMS, ISSUE_FAMILIES, Scene
+
+    rng = np.random.default_rng([seed, 3])
+    combos = training_combinations()
+    out = {}
+    for group, forms in (("phrasings", ISSUE_FAMILIES), ("held_out_phrasings", HELD_OUT_FORMS)):
+        out[group] = {}
+        for family, form in forms.items():
+            scenes = [Scene(*combos[i]) for i in rng.choice(len(combos), n, replace=n > len(combos))]
+            out[group][family] = ([form(scene, rng) for scene in scenes], scenes)
+    return out
 
 
 def generate(pipe, prompts, steps, guidance, seed, batch=24, scheduler="ddim"):
@@ -72,6 +90,7 @@ def main(argv=None):
     p.add_argument("--unet", default=None)
     p.add_argument("--n", type=int, default=240, help="prompts from the training combinations")
     p.add_argument("--n-inpaint", type=int, default=50)
+    p.add_argument("--n-phrasing", type=int, default=48, help="prompts per phrasing family (0 skips them)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scheduler", default="ddim")
@@ -106,6 +125,18 @@ def main(argv=None):
         save_grid(images[:8], out / f"{name}_samples.png", captions=prompts[:8])
         print(f"{name}: n={result['n']} background {result['background']:.1%} colour {result['colour']:.1%} "
               f"shape {result['shape']:.1%}")
+    if not args.shapes and args.n_phrasing:
+        for group, families in phrasing_suites(args.n_phrasing, args.seed).items():
+            report[group], firsts = {}, []
+            for family, (prompts, scenes) in families.items():
+                images = generate(pipe, prompts, args.steps, args.guidance, args.seed, scheduler=args.scheduler)
+                result = score(images, scenes)
+                report[group][family] = {key: result[key] for key in ("background", "colour", "shape", "all", "n")}
+                report[group][family]["example"] = prompts[0]
+                firsts.append((images[0], prompts[0]))
+                print(f"{group} {family!r}: background {result['background']:.1%} colour {result['colour']:.1%} "
+                      f"shape {result['shape']:.1%}")
+            save_grid([im for im, _ in firsts], out / f"{group}_samples.png", captions=[t for _, t in firsts])
     if not args.shapes and args.n_inpaint:
         inp, cases = inpaint_eval(pipe, args.n_inpaint, args.steps, args.guidance, args.seed)
         report["inpaint"] = inp

@@ -15,6 +15,7 @@ and it separates a hexagon from a circle, whose fill ratios are 0.75 and 0.785.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -243,8 +244,9 @@ def judge(image) -> Judgement:
     return Judgement(background, colour, shape, float(min(bg_conf, fg_conf, shape_conf)), extra)
 
 
-def score(images: Sequence, captions: Sequence[str], max_errors: int = 50) -> dict:
-    """Accuracy of ``images`` against the synthetic-grammar ``captions`` they were made for."""
+def score(images: Sequence, captions: Sequence, max_errors: int = 50) -> dict:
+    """Accuracy of ``images`` against what they were made for: synthetic-grammar captions, or
+    scenes (``training.captions.Scene``) for prompts in any other phrasing."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     fields = ("background", "colour", "shape")
@@ -252,7 +254,7 @@ def score(images: Sequence, captions: Sequence[str], max_errors: int = 50) -> di
     all_ok = 0
     errors = []
     for i, (image, caption) in enumerate(zip(images, captions)):
-        want = parse_caption(caption)
+        want = parse_caption(caption) if isinstance(caption, str) else dataclasses.asdict(caption)
         got = judge(image)
         ok = True
         for f in fields:

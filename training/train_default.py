@@ -4,8 +4,17 @@
 
 Stages, each cached in the work folder so an interrupted run continues where it stopped:
 synthetic dataset -> VAE -> seeded random CLIP-architecture text encoder (frozen, as in SD)
--> UNet trained from scratch by the same trainer users fine-tune with -> a diffusers-layout
+-> UNet trained from scratch by the same trainer users fine-tune with, on the synthetic
+grammar's captions ("grammar" stage, saved as a model folder) -> the text encoder and the UNet
+trained together on the same images, each caption said in several ways (training/captions.py),
+so that the model reads prompts as people type them ("phrasings" stage) -> a diffusers-layout
 folder in float16 that `load_pipeline("tiny")` loads.
+
+Why the text encoder trains in the second stage: SD's CLIP arrives pretrained and stays frozen;
+ours starts random, and a random encoder's contexts do not say which colour word belongs to the
+background once the word order changes. Its token-embedding table stays frozen (most of its
+size; words training never shows keep random vectors, which the noise words in training teach
+the model to ignore).
 """
 
 from __future__ import annotations
@@ -58,6 +67,60 @@ def stage_vae(work: Path, images, steps: int, seed: int):
     return load_vae_folder(folder / "vae")
 
 
+PHRASINGS_PER_IMAGE = 8
+
+
+def stage_grammar(work: Path, components, images, captions, args):
+    """UNet from scratch on the grammar's captions, frozen random text encoder; its result is
+    kept as a model folder (``work/grammar_stage/model``), which the next stage starts from."""
+    from models.checkpoints.diffusers_folder import save_diffusers_folder
+    from models.loading import load_components
+    from models.unet import UNet
+    from training.trainer import DiffusionTrainer, EncodedDataset, TrainConfig
+
+    folder = work / "grammar_stage" / "model"
+    if not (folder / "model_index.json").exists():
+        data = EncodedDataset(components, images, captions)
+        config = TrainConfig(batch_size=args.batch_size, steps=args.unet_steps, learning_rate=args.learning_rate,
+                             lr_schedule="cosine", warmup_steps=200, weight_decay=1e-2, ema_decay=0.999,
+                             caption_dropout=0.1, checkpoint_every=1000, sample_every=2000, seed=args.seed)
+        trainer = DiffusionTrainer(components, data, config, work / "unet_stage", unet_config=UNET,
+                                   sample_prompts=SAMPLES[:4])
+        trainer.train(resume=True)
+        save_diffusers_folder(dataclasses.replace(components, unet=trainer.final_unet()), folder, dtype="float32")
+    return load_components(str(folder))
+
+
+def stage_phrasings(work: Path, components, images, captions, args):
+    """Text encoder and UNet together, each image's caption said PHRASINGS_PER_IMAGE ways."""
+    import numpy as np
+
+    from training.captions import Scene, filler_vocabulary, training_phrasing
+    from training.synthetic import parse_caption
+    from training.trainer import DiffusionTrainer, EncodedDataset, TrainConfig
+
+    rng = np.random.default_rng([args.seed, 2])
+    fillers = filler_vocabulary(components.tokenizer, seed=args.seed)
+    variants = []
+    for caption in captions:
+        scene = Scene(**parse_caption(caption))
+        variants.append([caption] + [training_phrasing(scene, rng, fillers) for _ in range(PHRASINGS_PER_IMAGE - 1)])
+    data = EncodedDataset(components, images, variants)
+    config = TrainConfig(batch_size=args.batch_size, steps=args.phrasing_steps, learning_rate=args.phrasing_learning_rate,
+                         lr_schedule="cosine", warmup_steps=200, weight_decay=1e-2, ema_decay=0.999,
+                         caption_dropout=0.1, checkpoint_every=1000, sample_every=2000, seed=args.seed,
+                         train_text_encoder=True)
+    trainer = DiffusionTrainer(components, data, config, work / "phrasings_stage", sample_prompts=SAMPLES)
+    trainer.train(resume=True)
+    return dataclasses.replace(components, unet=trainer.final_unet(), text_encoder=trainer.final_text_encoder())
+
+
+SAMPLES = ["a red circle on a blue background", "a yellow square on a purple background",
+           "a white triangle on a black background", "a small green circle on the left on an orange background",
+           "a blue background with a red circle", "green square, white background", "a triangle, orange, on black",
+           "Purple circle on yellow background, high quality."]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m training.train_default", description=__doc__.split("\n")[0])
     p.add_argument("--work", default="outputs/default-model", help="cache of intermediate stages")
@@ -67,6 +130,9 @@ def main(argv=None):
     p.add_argument("--unet-steps", type=int, default=12000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--phrasing-steps", type=int, default=6000,
+                   help="steps of the second stage (text encoder and UNet on many phrasings); 0 skips it")
+    p.add_argument("--phrasing-learning-rate", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -74,7 +140,6 @@ def main(argv=None):
     from models.text_encoder import TextEncoder
     from models.unet import UNet
     from training.datasets import load_dataset, load_images
-    from training.trainer import DiffusionTrainer, EncodedDataset, TrainConfig
 
     start = time.perf_counter()
     work = Path(args.work)
@@ -86,17 +151,11 @@ def main(argv=None):
     encoder, decoder, vae_config = stage_vae(work, images, args.vae_steps, args.seed)
 
     keras.utils.set_random_seed(TEXT_ENCODER_SEED)
-    text_encoder = TextEncoder(TEXT_ENCODER)
-    components = _components(text_encoder, UNet(UNET), encoder, decoder, vae_config)
-    data = EncodedDataset(components, images, [e.caption for e in examples])
-    config = TrainConfig(batch_size=args.batch_size, steps=args.unet_steps, learning_rate=args.learning_rate,
-                         lr_schedule="cosine", warmup_steps=200, weight_decay=1e-2, ema_decay=0.999,
-                         caption_dropout=0.1, checkpoint_every=1000, sample_every=2000, seed=args.seed)
-    samples = ["a red circle on a blue background", "a yellow square on a purple background",
-               "a white triangle on a black background", "a small green circle on the left on an orange background"]
-    trainer = DiffusionTrainer(components, data, config, work / "unet_stage", unet_config=UNET, sample_prompts=samples)
-    trainer.train(resume=True)
-    components.unet = trainer.final_unet()
+    components = _components(TextEncoder(TEXT_ENCODER), UNet(UNET), encoder, decoder, vae_config)
+    captions = [e.caption for e in examples]
+    components = stage_grammar(work, components, images, captions, args)
+    if args.phrasing_steps:
+        components = stage_phrasings(work, components, images, captions, args)
     out = Path(args.out)
     save_diffusers_folder(components, out, dtype="float16")
     info = {"recipe": "python -m training.train_default", "args": vars(args),

@@ -56,6 +56,10 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"
     lora: LoraTrainConfig | None = None  # train only a LoRA (training/lora.py); None: the whole UNet
+    # Also train the text encoder (all but its token-embedding table) with the UNet. SD keeps its
+    # pretrained CLIP frozen; the default model's text encoder starts random, and this is how it
+    # learns to read word order (training/train_default.py). Not with a LoRA.
+    train_text_encoder: bool = False
 
     def validate(self, n_examples: int):
         if self.mixed_precision not in PRECISIONS:
@@ -72,6 +76,8 @@ class TrainConfig:
             raise ValueError("caption_dropout must be in [0, 1)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in (0, 1), or None to disable EMA")
+        if self.train_text_encoder and self.lora is not None:
+            raise ValueError("train_text_encoder trains the whole text encoder; a LoRA has its own text_encoder option")
         if self.lora is not None:
             if isinstance(self.lora, dict):
                 self.lora = LoraTrainConfig(**self.lora)
@@ -100,9 +106,14 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class EncodedDataset:
-    """Latent moments of every image and the context of every distinct caption, computed once."""
+    """Latent moments of every image and the context of every distinct caption, computed once.
 
-    def __init__(self, components, images: np.ndarray, captions: list[str], batch_size=64, log=print):
+    ``captions`` holds one caption per image, or a list of captions per image (ways of saying
+    the same thing: each step draws one of them per example, as a pure function of the seed
+    and step, so a resumed run still sees the same batches)."""
+
+    def __init__(self, components, images: np.ndarray, captions: list[str] | list[list[str]], batch_size=64,
+                 log=print):
         from models.vae import split_moments
 
         t0 = time.perf_counter()
@@ -112,16 +123,22 @@ class EncodedDataset:
             means.append(mean.numpy())
             stds.append(tf.exp(0.5 * logvar).numpy())
         self.mean, self.std = np.concatenate(means), np.concatenate(stds)
-        unique = sorted(set(captions))
+        variants = [[c] if isinstance(c, str) else list(c) for c in captions]
+        if len(variants) != len(images) or not all(variants):
+            raise ValueError(f"need one caption or a non-empty list of captions for each of the {len(images)} "
+                             f"images, got {len(variants)} entries")
+        unique = sorted({c for v in variants for c in v})
         index = {c: k for k, c in enumerate(unique)}
-        self.caption_index = np.array([index[c] for c in captions], np.int64)
+        width = max(len(v) for v in variants)  # [images, width]: a shorter list repeats itself
+        self.caption_index = np.array([[index[v[k % len(v)]] for k in range(width)] for v in variants], np.int64)
         ids = components.tokenizer.tokenize([""] + unique, warn=False)
         ctx = [components.text_encoder(ids[i:i + 256], training=False).numpy() for i in range(0, len(ids), 256)]
         ctx = np.concatenate(ctx)
         self.empty_context, self.contexts = ctx[0], ctx[1:]
         ids = np.asarray(ids, np.int32)  # for a text encoder that trains (a text-encoder LoRA)
         self.empty_ids, self.token_ids = ids[0], ids[1:]
-        self.captions = captions
+        self.captions = [v[0] for v in variants]
+        self._all_captions = [c for v in variants for c in v]
         self.scaling_factor = components.scaling_factor
         log(f"encoded {len(images)} images and {len(unique)} distinct captions "
             f"in {time.perf_counter() - t0:.1f} s")
@@ -132,7 +149,7 @@ class EncodedDataset:
     def fingerprint(self) -> str:
         import hashlib
 
-        h = hashlib.sha256("\n".join(self.captions).encode())
+        h = hashlib.sha256("\n".join(self._all_captions).encode())
         h.update(np.ascontiguousarray(self.mean[:, :2, :2]).tobytes())
         return h.hexdigest()[:16]
 
@@ -191,7 +208,10 @@ class DiffusionTrainer:
                     self.lora = LoraAdapters(networks, config.lora)
                     self.train_variables = self.lora.trainable_variables
                 else:
-                    self.train_variables = self.unet.trainable_variables
+                    self.train_variables = list(self.unet.trainable_variables)
+                    if config.train_text_encoder:
+                        self.text_encoder = _trainable_text_encoder(components.text_encoder)
+                        self.train_variables += self.text_encoder.trainable_variables
                 lr = WarmupSchedule(config.learning_rate, config.warmup_steps, self.total, config.lr_schedule)
                 opt = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay,
                                              global_clipnorm=config.max_grad_norm or None)
@@ -250,7 +270,9 @@ class DiffusionTrainer:
     def _batch(self, step):
         idx = self.order.indices(step)
         table = self.data.contexts if self.text_encoder is None else self.data.token_ids
-        ctx = table[self.data.caption_index[idx]]
+        choices = self.data.caption_index[idx]  # [batch, variants]
+        variant = np.random.default_rng([self.config.seed, step, 1]).integers(choices.shape[1], size=len(idx))
+        ctx = table[choices[np.arange(len(idx)), variant]]
         return (tf.constant(self.data.mean[idx]), tf.constant(self.data.std[idx]), tf.constant(ctx),
                 tf.constant([self.config.seed, step], tf.int64), tf.constant(step, tf.int64))
 
@@ -260,6 +282,8 @@ class DiffusionTrainer:
             arrays = {f"lora/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.train_variables)}
         else:
             arrays = {f"unet/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.unet.weights)}
+            if self.text_encoder is not None:
+                arrays.update({f"text_encoder/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.text_encoder.weights)})
         arrays.update({f"optimizer/{i}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)})
         if self.ema is not None:
             arrays.update({f"ema/{i}": v for i, v in enumerate(self.ema.values())})
@@ -273,7 +297,7 @@ class DiffusionTrainer:
         tmp.mkdir(parents=True, exist_ok=True)
         save_file({k: np.ascontiguousarray(v) for k, v in self._state_arrays().items()}, str(tmp / "state.safetensors"))
         meta = {"step": self.step, "config": dataclasses.asdict(self.config), "data": self.data.fingerprint(),
-                "unet_config": self.unet.config.to_dict()}
+                "unet_config": self.unet.config.to_dict(), "train_text_encoder": self.config.train_text_encoder}
         if self.lora is not None:
             meta["lora"] = {"layout": self.lora.config.layout(), "variables": self.lora.variable_names()}
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
@@ -295,6 +319,9 @@ class DiffusionTrainer:
         meta = json.loads((Path(folder) / "trainer.json").read_text())
         if meta["data"] != self.data.fingerprint():
             raise ValueError(f"checkpoint {folder} was trained on a different dataset; use another --out")
+        if meta.get("train_text_encoder", False) != self.config.train_text_encoder:
+            raise ValueError(f"checkpoint {folder} was trained with train_text_encoder="
+                             f"{meta.get('train_text_encoder', False)}; use another --out, or --no-resume")
         mine = None if self.lora is None else {"layout": self.lora.config.layout(), "variables": self.lora.variable_names()}
         if meta.get("lora") != mine:
             def what(lora):
@@ -309,6 +336,9 @@ class DiffusionTrainer:
         else:
             for i, v in enumerate(self.unet.weights):
                 v.assign(np.reshape(arrays[f"unet/{i}"], v.shape))
+            if self.text_encoder is not None:
+                for i, v in enumerate(self.text_encoder.weights):
+                    v.assign(np.reshape(arrays[f"text_encoder/{i}"], v.shape))
         for i, v in enumerate(self.optimizer.variables):
             v.assign(np.reshape(arrays[f"optimizer/{i}"], v.shape))
         if self.ema is not None:
@@ -317,13 +347,26 @@ class DiffusionTrainer:
         self.log(f"resumed from {folder} at step {self.step}")
 
     # -- outputs ---------------------------------------------------------------------
+    def _final_values(self) -> list:
+        """The trained variables' EMA values (or the raw ones without EMA), in train_variables' order."""
+        return self.ema.values() if self.ema is not None else [v.numpy() for v in self.train_variables]
+
     def final_unet(self) -> UNet:
         """A float32 UNet with the EMA weights (or the raw ones without EMA)."""
         unet = UNet(self.unet.config)
-        values = self.ema.values() if self.ema is not None else [v.numpy() for v in self.unet.trainable_variables]
-        for dst, src in zip(unet.trainable_variables, values):
+        for dst, src in zip(unet.trainable_variables, self._final_values()):
             dst.assign(src)
         return unet
+
+    def final_text_encoder(self):
+        """The text encoder to ship with final_unet(): the trained one (EMA weights) with
+        train_text_encoder, else the frozen one training started from."""
+        if not self.config.train_text_encoder:
+            return self.components.text_encoder
+        encoder = _trainable_text_encoder(self.text_encoder)
+        for dst, src in zip(encoder.trainable_variables, self._final_values()[len(self.unet.trainable_variables):]):
+            dst.assign(src)
+        return encoder
 
     def lora_path(self) -> Path:
         return self.out / f"{self.config.lora.name}.safetensors"
@@ -348,8 +391,9 @@ class DiffusionTrainer:
         from models.checkpoints.diffusers_folder import save_diffusers_folder
 
         folder = Path(folder or self.out)
-        comps = dc.replace(self.components, unet=self.final_unet())
-        save_diffusers_folder(comps, folder, dtype="float32", parts=("unet",))
+        comps = dc.replace(self.components, unet=self.final_unet(), text_encoder=self.final_text_encoder())
+        parts = ("unet", "text_encoder") if self.config.train_text_encoder else ("unet",)
+        save_diffusers_folder(comps, folder, dtype="float32", parts=parts)
         return folder / "unet"
 
     def save_samples(self):
@@ -371,7 +415,8 @@ class DiffusionTrainer:
             finally:
                 pipe.unload_loras()
         else:
-            pipe = StableDiffusionPipeline(dc.replace(self.components, unet=self.final_unet()))
+            pipe = StableDiffusionPipeline(dc.replace(self.components, unet=self.final_unet(),
+                                                      text_encoder=self.final_text_encoder()))
             images = pipe.generate(self.sample_prompts, num_steps=self.config.sample_steps, seed=0,
                                    batch_size=len(self.sample_prompts)).images
         path = self.out / "samples" / f"step-{self.step:07d}.png"
@@ -414,6 +459,18 @@ class DiffusionTrainer:
         save_loss_curve(log_path, self.out / "loss.png")
         self.save_checkpoint()
         return self.save_lora() if self.lora is not None else self.save_unet()
+
+
+def _trainable_text_encoder(source):
+    """A float32 copy of ``source`` to train; its token-embedding table stays frozen, so words
+    training never shows keep their random vectors, which training (with noise words) teaches
+    the model to ignore."""
+    from models.text_encoder import TextEncoder
+
+    encoder = TextEncoder(source.config)
+    _copy_weights(source, encoder)
+    encoder.get_layer("text_model.embeddings").token_embedding.trainable = False
+    return encoder
 
 
 def _copy_weights(src, dst):
