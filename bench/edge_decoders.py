@@ -12,8 +12,12 @@ Both networks get random weights (the cost does not depend on the values): the S
 (VAEConfig()) and TAESD's (TinyAutoencoderConfig()), on a 64 x 64 x 4 latent (a 512 x 512
 image), batch 1. TFLite: ai-edge-litert with XNNPACK, --threads threads, one warm-up call,
 then the median of --repeats. TF.js: Debian's chromium headless, the WebAssembly backend
-(SIMD, threads where the page is cross-origin isolated), bench/tfjs_page/, one warm-up call,
-then up to --repeats timed calls. The load average is recorded: on a shared machine both
+(SIMD; single-threaded, as the /edge/ page is not cross-origin isolated; --wasm-threads for
+the threaded build), bench/tfjs_page/, each model in a fresh page, one warm-up call, then up to
+--repeats timed calls; a model the runtime cannot run is recorded with its error (SD v1's
+decoder at 512 px aborts in the wasm allocator once the page has grown to about 3 GB: the wasm
+heap is 32-bit, and its activations at 256 and 512 px, up to 512 x 512 x 256 floats, with the
+weights do not fit). The load average is recorded: on a shared machine both
 decoders are slowed alike, so the ratio is the figure to read.
 """
 
@@ -65,28 +69,38 @@ def _time_tflite(path, latents, threads, repeats):
     return times
 
 
-def _time_tfjs(exports_dir, models, repeats, progress, warmup=1):
+def _time_tfjs(exports_dir, models, repeats, progress, warmup=1, isolated=False):
+    """{key: timings or {"error": ...}}: each model in a fresh page, so that one the wasm
+    runtime aborts on (it runs out of its 32-bit heap) does not take the others with it."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     from .tfjs_browser import CHROMIUM, CHROMIUM_ARGS, StaticServer
 
-    server = StaticServer(exports_dir)
-    out = {}
+    server = StaticServer(exports_dir, isolated=isolated)
+    out, info = {}, None
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
-                page = browser.new_page()
-                page.goto(f"{server.url}/page/index.html")
-                info = page.evaluate("b => window.benchSetup(b)", "wasm")
-                if info.get("error"):
-                    raise RuntimeError(f"wasm backend: {info['error']}")
                 for key in models:
+                    page = browser.new_context().new_page()
+                    page.goto(f"{server.url}/page/index.html")
+                    info = page.evaluate("b => window.benchSetup(b)", "wasm")
+                    if info.get("error"):
+                        raise RuntimeError(f"wasm backend: {info['error']}")
                     spec = {"latents": {"dtype": "float32", "shape": [1, LATENT, LATENT, 4]}}
-                    res = page.evaluate("([u, i, w, n, s, m]) => window.benchModel(u, i, w, n, s, m)",
-                                        [f"{server.url}/exports/{key}/model.json", spec, warmup, repeats, 600.0, repeats])
+                    t0 = time.perf_counter()
+                    try:
+                        res = page.evaluate("([u, i, w, n, s, m]) => window.benchModel(u, i, w, n, s, m)",
+                                            [f"{server.url}/exports/{key}/model.json", spec, warmup, repeats, 600.0,
+                                             repeats])
+                        progress(f"  tfjs wasm {key:26} {median(res['times_ms']):10.1f} ms ({len(res['times_ms'])} runs)")
+                    except PlaywrightError as e:
+                        res = {"error": str(e).splitlines()[0][:300], "seconds_until_error": r(time.perf_counter() - t0, 1)}
+                        progress(f"  tfjs wasm {key:26} failed after {res['seconds_until_error']} s: {res['error']}")
                     out[key] = res
-                    progress(f"  tfjs wasm {key:26} {median(res['times_ms']):10.1f} ms ({len(res['times_ms'])} runs)")
+                    page.context.close()
             finally:
                 browser.close()
     finally:
@@ -95,7 +109,7 @@ def _time_tfjs(exports_dir, models, repeats, progress, warmup=1):
 
 
 def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("tflite", "tfjs"), warmup=1,
-            progress=print):
+            progress=print, isolated=False):
     import numpy as np
 
     from exports import savedmodel, tfjs, tflite
@@ -126,13 +140,19 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
                     tfjs_dirs[key] = (name, params, precision)
         browser = info = None
         if tfjs_dirs:
-            times, info, browser = _time_tfjs(os.path.join(work, "tfjs"), list(tfjs_dirs), repeats, progress, warmup)
+            times, info, browser = _time_tfjs(os.path.join(work, "tfjs"), list(tfjs_dirs), repeats, progress, warmup,
+                                              isolated)
+            runtime = "tfjs-wasm (chromium, " + ("threads)" if isolated else "one thread, as the /edge/ page)")
             for key, (name, params, precision) in tfjs_dirs.items():
                 size = sum(os.path.getsize(os.path.join(work, "tfjs", key, f)) for f in os.listdir(os.path.join(work, "tfjs", key)))
-                runs = times[key]["times_ms"]
-                rows.append({"decoder": name, "params": params, "runtime": "tfjs-wasm (chromium)", "precision": precision,
-                             "bytes": size, "ms": r(median(runs), 1), "ms_all": [r(t, 1) for t in runs],
-                             "first_call_ms": r(times[key]["first_ms"], 1)})
+                row = {"decoder": name, "params": params, "runtime": runtime, "precision": precision, "bytes": size}
+                if "error" in times[key]:
+                    row.update(ms=None, error=times[key]["error"], seconds_until_error=times[key]["seconds_until_error"])
+                else:
+                    runs = times[key]["times_ms"]
+                    row.update(ms=r(median(runs), 1), ms_all=[r(t, 1) for t in runs],
+                               first_call_ms=r(times[key]["first_ms"], 1))
+                rows.append(row)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratios = {}
@@ -140,7 +160,7 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
         if row["decoder"] == "taesd_decoder":
             full = next((x for x in rows if x["decoder"] == "vae_decoder" and x["runtime"] == row["runtime"]
                          and x["precision"] == row["precision"]), None)
-            if full:
+            if full and full["ms"] and row["ms"]:
                 ratios[f"{row['runtime']} {row['precision']}"] = r(full["ms"] / row["ms"], 1)
     return {"benchmark": "edge_decoders", "latent": [LATENT, LATENT, 4], "image": [LATENT * 8, LATENT * 8, 3],
             "batch": 1, "threads": threads, "repeats": repeats, "warmup": warmup, "rows": rows, "speedup_taesd": ratios,
@@ -151,8 +171,9 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
 def format_table(res):
     lines = ["| decoder | parameters | runtime | precision | MB | ms per 512 px image |", "| --- | --- | --- | --- | --- | --- |"]
     for row in res["rows"]:
+        ms = f"{row['ms']:.0f}" if row["ms"] is not None else f"fails: {row['error']}"
         lines.append(f"| {row['decoder']} | {row['params'] / 1e6:.1f} M | {row['runtime']} | {row['precision']} | "
-                     f"{row['bytes'] / 1e6:.1f} | {row['ms']:.0f} |")
+                     f"{row['bytes'] / 1e6:.1f} | {ms} |")
     lines.append("")
     lines.append("TAESD speed-up: " + ", ".join(f"{k} {v}x" for k, v in res["speedup_taesd"].items()))
     return "\n".join(lines)
@@ -165,10 +186,13 @@ def main(argv=None):
     ap.add_argument("--precisions", default="float32,float16")
     ap.add_argument("--runtimes", default="tflite,tfjs", help="tflite, tfjs (the TF.js converter and chromium) or both")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (TF.js)")
+    ap.add_argument("--wasm-threads", action="store_true",
+                    help="serve the TF.js page cross-origin isolated (threaded wasm); the /edge/ page is not, and "
+                         "there an out-of-memory abort hangs the page instead of failing")
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     res = measure(args.repeats, args.threads, tuple(args.precisions.split(",")), tuple(args.runtimes.split(",")),
-                  args.warmup)
+                  args.warmup, isolated=args.wasm_threads)
     print(format_table(res))
     write_json(args.out, res)
     print(f"wrote {args.out}")

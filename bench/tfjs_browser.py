@@ -51,16 +51,20 @@ PROMPT = "a photograph of an astronaut riding a horse"  # as bench/export_latenc
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files from a folder of links; cross-origin isolated (wasm threads need
-    SharedArrayBuffer); quiet."""
+    """Static files from a folder of links; cross-origin isolated unless told otherwise (wasm
+    threads need SharedArrayBuffer); quiet."""
 
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
                       ".js": "text/javascript", ".json": "application/json", ".bin": "application/octet-stream"}
+    isolated = True
 
     def end_headers(self):
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cache-Control", "no-store")
+        if self.isolated:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        # No "Cache-Control: no-store": with it, headless Chromium stalls for good loading a
+        # 48-shard model (SD v1's decoder, 194 MB). Each page gets a fresh browser context instead,
+        # so nothing is cached between load-time measurements.
         super().end_headers()
 
     def log_message(self, *args):
@@ -68,13 +72,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 class StaticServer:
-    """/page/ -> bench/tfjs_page, /tf/ -> edge/web/node_modules/@tensorflow, /exports/ -> the export."""
+    """/page/ -> bench/tfjs_page, /tf/ -> edge/web/node_modules/@tensorflow, /exports/ -> the export.
 
-    def __init__(self, exports):
+    `isolated=False` serves without the cross-origin-isolation headers, as the /edge/ page is
+    served: TF.js then runs its single-threaded wasm build."""
+
+    def __init__(self, exports, isolated=True):
         self.root = tempfile.mkdtemp(prefix="tfjs-bench-")
         for name, target in (("page", PAGE), ("tf", TFJS), ("exports", os.path.abspath(exports))):
             os.symlink(target, os.path.join(self.root, name))
-        handler = functools.partial(_Handler, directory=self.root)
+        handler = functools.partial(type("Handler", (_Handler,), {"isolated": isolated}), directory=self.root)
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -134,17 +141,17 @@ def measure(exports=None, backends=BACKENDS, components=COMPONENTS, precisions=P
             version = browser.version
             try:
                 for requested in backends:
-                    page = browser.new_page()
+                    page = browser.new_context().new_page()  # its own cache: load times from loopback
                     page.goto(f"{server.url}/page/index.html")
                     info = page.evaluate("b => window.benchSetup(b)", requested)
                     backend_info[requested] = info
                     if info.get("error"):
                         progress(f"backend {requested}: {info['error']}")
-                        page.close()
+                        page.context.close()
                         continue
                     if info["backend"] in ran:
                         info["skipped"] = f"same as an earlier run ({info['backend']})"
-                        page.close()
+                        page.context.close()
                         continue
                     ran.add(info["backend"])
                     progress(f"backend {requested} -> {info['backend']}"
@@ -165,7 +172,7 @@ def measure(exports=None, backends=BACKENDS, components=COMPONENTS, precisions=P
                             rows.append(row)
                             progress(f"  {component:14} {precision:8} {row['ms']:9.2f} ms (min {row['ms_min']:.2f}, "
                                      f"{row['runs']} runs; first call {row['first_call_ms']:.0f} ms)")
-                    page.close()
+                    page.context.close()
             finally:
                 browser.close()
     finally:

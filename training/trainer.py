@@ -15,6 +15,7 @@ trains too, so the text encoder then runs inside every step on the captions' tok
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -106,7 +107,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class EncodedDataset:
-    """Latent moments of every image and the context of every distinct caption, computed once.
+    """Latent moments of every image and the context of every distinct caption, computed once
+    (the contexts on first use: a run whose text encoder trains never needs them).
 
     ``captions`` holds one caption per image, or a list of captions per image (ways of saying
     the same thing: each step draws one of them per example, as a pure function of the seed
@@ -131,17 +133,24 @@ class EncodedDataset:
         index = {c: k for k, c in enumerate(unique)}
         width = max(len(v) for v in variants)  # [images, width]: a shorter list repeats itself
         self.caption_index = np.array([[index[v[k % len(v)]] for k in range(width)] for v in variants], np.int64)
-        ids = components.tokenizer.tokenize([""] + unique, warn=False)
-        ctx = [components.text_encoder(ids[i:i + 256], training=False).numpy() for i in range(0, len(ids), 256)]
-        ctx = np.concatenate(ctx)
-        self.empty_context, self.contexts = ctx[0], ctx[1:]
-        ids = np.asarray(ids, np.int32)  # for a text encoder that trains (a text-encoder LoRA)
-        self.empty_ids, self.token_ids = ids[0], ids[1:]
+        ids = np.asarray(components.tokenizer.tokenize([""] + unique, warn=False), np.int32)
+        self.empty_ids, self.token_ids = ids[0], ids[1:]  # what a text encoder that trains reads
+        self._text_encoder = components.text_encoder
+        self.empty_context = self._encode(ids[:1])[0]
         self.captions = [v[0] for v in variants]
         self._all_captions = [c for v in variants for c in v]
         self.scaling_factor = components.scaling_factor
         log(f"encoded {len(images)} images and {len(unique)} distinct captions "
             f"in {time.perf_counter() - t0:.1f} s")
+
+    def _encode(self, ids):
+        return np.concatenate([self._text_encoder(ids[i:i + 256], training=False).numpy()
+                               for i in range(0, len(ids), 256)])
+
+    @functools.cached_property
+    def contexts(self) -> np.ndarray:
+        """[distinct captions, 77, D]: the frozen text encoder's output for each caption."""
+        return self._encode(self.token_ids)
 
     def __len__(self):
         return len(self.mean)
