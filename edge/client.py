@@ -18,6 +18,10 @@ so the prompt is encoded here and the LoRA named to /diffuse. One that touches t
 prompt and the unconditional prompt with the LoRAs (POST /api/v1/encode) when the server hosts
 a text encoder, and passes the answer's `loras` on as `context_loras`; otherwise it stops with
 an error naming the LoRA. The set is decided by the server's own rule (models.chain.request_loras).
+
+TF Serving (`--tf-serving http://host:8501/v1/models/diffusion` instead of `--server`): the
+export's diffusion SavedModel behind TF Serving's REST API, with the compact-tensor signatures
+(edge/tf_serving.py); no LoRAs per request there (bake them in with `python -m exports --lora`).
 """
 
 from __future__ import annotations
@@ -134,11 +138,20 @@ class EdgeResult:
 
 
 class EdgeClient:
-    def __init__(self, server: str, models: EdgeModels, token: str | None = None, dtype: str = "float16",
-                 timeout: float = 600.0):
+    def __init__(self, server: str | None, models: EdgeModels, token: str | None = None, dtype: str = "float16",
+                 timeout: float = 600.0, tf_serving: str | None = None):
+        """`server`: the web app's base URL; or `tf_serving`: TF Serving's model URL
+        (http://host:8501/v1/models/diffusion), one of the two."""
         if dtype not in ("float16", "float32"):
             raise EdgeError(f"dtype must be float16 or float32, got {dtype!r}")
-        self.server, self.models, self.token, self.timeout = server.rstrip("/"), models, token, timeout
+        if (server is None) == (tf_serving is None):
+            raise EdgeError("give the web app's URL (server) or TF Serving's model URL (tf_serving), one of the two")
+        self.tf_serving = None
+        if tf_serving is not None:
+            from .tf_serving import TFServingDiffusion
+
+            self.tf_serving = TFServingDiffusion(tf_serving, models.manifest, lambda: models.encode_text(""), timeout)
+        self.server, self.models, self.token, self.timeout = (server or "").rstrip("/"), models, token, timeout
         self.np_dtype = np.float16 if dtype == "float16" else np.float32
         self._server_info = None
         self.encoded_on_server = False  # whether the last request's prompts were encoded by the server
@@ -180,6 +193,9 @@ class EdgeClient:
         from models.errors import InvalidInput
 
         needs_info = bool(loras) or "<lora:" in prompt.lower()
+        if needs_info and self.tf_serving is not None:
+            raise EdgeError("TF Serving serves the diffusion model as it was exported: LoRAs are baked in at export "
+                            "(python -m exports --lora NAME), not chosen per request")
         available = (self.server_info().get("loras") or {}) if needs_info else {}
         try:
             text, chosen = chain.request_loras(prompt, negative_prompt or "", list(loras or ()) or None, available)
@@ -205,7 +221,15 @@ class EdgeClient:
         return tensors["context"].astype(self.np_dtype), json.loads(meta.get("loras", "[]"))
 
     def diffuse(self, tensors: dict, params: dict):
-        """POST /api/v1/diffuse; returns (latents float32, metadata, bytes sent, bytes received)."""
+        """POST /api/v1/diffuse (or TF Serving's predict); returns (latents float32, metadata, bytes
+        sent, bytes received)."""
+        if self.tf_serving is not None:
+            from .tf_serving import TFServingError
+
+            try:
+                return self.tf_serving.diffuse(tensors, params)
+            except TFServingError as e:
+                raise EdgeError(str(e)) from None
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         body = wire.encode(tensors)
         data, _ = self._call(f"/api/v1/diffuse?{query}", data=body, content_type=wire.MEDIA_TYPE,
@@ -295,7 +319,9 @@ def _lora_arg(text):
 
 def _parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m edge.client", description=__doc__.split("\n\n")[0])
-    p.add_argument("--server", required=True, help="base URL of the server, e.g. http://127.0.0.1:7860")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="base URL of the web app, e.g. http://127.0.0.1:7860")
+    where.add_argument("--tf-serving", help="TF Serving's diffusion model URL, e.g. http://127.0.0.1:8501/v1/models/diffusion")
     p.add_argument("--exports", required=True, help="export folder with manifest.json and tflite/")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
@@ -329,7 +355,7 @@ def main(argv=None):
 
     try:
         models = EdgeModels(args.exports, args.precision, vae=args.vae)
-        client = EdgeClient(args.server, models, token=args.token, dtype=args.dtype)
+        client = EdgeClient(args.server, models, token=args.token, dtype=args.dtype, tf_serving=args.tf_serving)
         common = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
                       guidance_scale=args.guidance, scheduler=args.scheduler, loras=args.lora or None)
         if args.image:

@@ -17,6 +17,13 @@ input has a batch axis, and nothing about a row may depend on the other rows:
   pipeline does), without another group's rows forcing it to.
 
 The loops themselves are `models.sampling.DenoiseLoop`, the same code the pipeline runs.
+
+Compact tensors for TF Serving's REST API (`txt2img_bytes`, `inpaint_bytes`): JSON number lists
+make one 77 x 768 context about 1.2 MB, so these signatures take every float tensor as one
+string per row of raw little-endian float16 values (`<name>_bytes`; the request sends it as
+{"b64": ...}, which TF Serving decodes into the string) and answer `latents_bytes` the same way
+(TF Serving base64-encodes outputs whose name ends in `_bytes`). They call the float signatures'
+functions, so the saved graph holds the loops once and the numbers are the same.
 """
 
 from __future__ import annotations
@@ -73,6 +80,45 @@ def _export_scheduler(name, schedule, row_shape, pad_to=None):
     return Exported(schedule)
 
 
+_BYTE_STRINGS = [bytes([i]) for i in range(256)]
+
+
+def _bytes_spec(spec):
+    """A tensor input (more than a batch axis) as one string per row; per-row numbers stay."""
+    if spec.shape.rank > 1:
+        return tf.TensorSpec(spec.shape[:1], tf.string, name=f"{spec.name}_bytes")
+    return spec
+
+
+def floats_from_bytes(data, tail, what, multiple_of=None):
+    """[B] strings of little-endian float16 -> float32 [B, *tail] (tail may hold one -1, then the
+    row's value count must be a positive multiple of `multiple_of`). Wrong sizes and NaN or
+    infinite values fail the request with a message naming the input."""
+    flat = tf.io.decode_raw(data, tf.float16, little_endian=True)
+    count = tf.shape(flat)[1]
+    if multiple_of is None:
+        expected = 1
+        for d in tail:
+            expected *= d
+        tf.debugging.assert_equal(count, expected, message=f"{what}: each row must hold {expected} float16 values "
+                                  f"({' x '.join(map(str, tail))}, {2 * expected} bytes)")
+    else:
+        tf.debugging.assert_positive(count, message=f"{what} is empty")
+        tf.debugging.assert_equal(tf.math.floormod(count, multiple_of), 0,
+                                  message=f"{what}: each row must hold a multiple of {multiple_of} float16 values "
+                                          f"(77-token chunks x the context width)")
+    values = tf.reshape(tf.cast(flat, tf.float32), tf.concat([tf.shape(flat)[:1], tail], 0))
+    tf.debugging.assert_all_finite(values, f"{what} holds NaN or infinite values")
+    return values
+
+
+def bytes_from_floats(values):
+    """float [B, ...] -> [B] strings of its rows as little-endian float16 (tf.bitcast gives the
+    host's byte order: little-endian on the x86 and ARM machines TF Serving runs on)."""
+    octets = tf.reshape(tf.bitcast(tf.cast(values, tf.float16), tf.uint8), [tf.shape(values)[0], -1])
+    return tf.strings.reduce_join(tf.gather(tf.constant(_BYTE_STRINGS), tf.cast(octets, tf.int32)), axis=1)
+
+
 class DiffusionModule(tf.Module):
     """`serving_default` (txt2img) and `inpaint` signatures around the UNet.
 
@@ -122,9 +168,30 @@ class DiffusionModule(tf.Module):
         else:
             self.inpaint = tf.function(self._inpaint_blend, input_signature=inpaint)
         self.serve = tf.function(self._txt2img, input_signature=common)
+        # the compact-tensor twins (module docstring): float inputs and the output as float16 bytes
+        self._byte_shapes = {"context": ((-1, dim), context_length * dim),
+                             "unconditional_context": ((-1, dim), context_length * dim),
+                             "mask": ((h, w, 1), None), "image_latents": ((h, w, c), None),
+                             "masked_image_latents": ((h, w, c), None)}
+        bytes_specs = [_bytes_spec(spec) for spec in inpaint]
+        self.txt2img_bytes = tf.function(lambda *a: self._from_bytes(self.serve, bytes_specs[:len(common)], a),
+                                         input_signature=bytes_specs[:len(common)])
+        self.inpaint_bytes = tf.function(lambda *a: self._from_bytes(self.inpaint, bytes_specs, a),
+                                         input_signature=bytes_specs)
 
     def signatures(self):
-        return {"serving_default": self.serve, "inpaint": self.inpaint}
+        return {"serving_default": self.serve, "inpaint": self.inpaint, "txt2img_bytes": self.txt2img_bytes,
+                "inpaint_bytes": self.inpaint_bytes}
+
+    def _from_bytes(self, signature, specs, args):
+        inputs = {}
+        for spec, value in zip(specs, args):
+            name = spec.name.removesuffix("_bytes")
+            if name in self._byte_shapes:
+                tail, multiple_of = self._byte_shapes[name]
+                value = floats_from_bytes(value, tail, spec.name, multiple_of)
+            inputs[name] = value
+        return {"latents_bytes": bytes_from_floats(signature(**inputs)["latents"])}
 
     # -- signatures ----------------------------------------------------------------------
     def _txt2img(self, context, unconditional_context, seed, guidance_scale, num_steps, scheduler):

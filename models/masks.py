@@ -75,6 +75,18 @@ def repaint_weight(mask, mask_blur: float = 0.0, size=None) -> np.ndarray:
     return gaussian_blur(binary, float(mask_blur)).astype(np.float32)
 
 
+def latent_weight(weight: np.ndarray, factor: int) -> np.ndarray:
+    """The repaint weight [H, W] at latent resolution, float32 [H / factor, W / factor, 1]: the
+    mean of each factor x factor block (an area resize at an integer factor), in [0, 1]. What the
+    diffusion loop blends with; a client of a served loop (TF Serving) sends exactly this."""
+    weight = np.asarray(weight, np.float32)
+    h, w = weight.shape
+    if h % factor or w % factor:
+        raise InvalidInput(f"mask size {w}x{h} is not a multiple of the VAE factor {factor}", "mask_size")
+    blocks = weight.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float32)
+    return np.clip(blocks, 0.0, 1.0)[..., None]
+
+
 def paste_back(image: np.ndarray, generated: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """keep = 1 - m; round(keep * image + (1 - keep) * generated): image [H, W, 3], generated
     [B, H, W, 3], the repaint weight m [H, W]."""

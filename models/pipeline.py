@@ -670,9 +670,10 @@ class StableDiffusionPipeline:
         return latents
 
     def _latent_mask(self, weight, h, w, batch_size):
-        """The repaint weight at latent resolution (area average of the pixel weight)."""
-        m = tf.image.resize(weight[None, :, :, None], (h, w), method="area").numpy()
-        return np.repeat(np.clip(m, 0.0, 1.0), batch_size, 0).astype(np.float32)
+        """The repaint weight at latent resolution (models.masks.latent_weight), one per row."""
+        m = masks.latent_weight(weight, self.vae_factor)
+        assert m.shape[:2] == (h, w), (m.shape, h, w)
+        return np.repeat(m[None], batch_size, 0)
 
     # -- the stable public API -----------------------------------------------------------
     def text_to_image(self, prompt, negative_prompt=None, num_steps=20, guidance_scale=7.5, seed=None,

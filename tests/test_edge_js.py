@@ -33,6 +33,27 @@ def test_fixture_is_current():
     assert sum(c["count"] > 75 for c in cases) >= 10  # truncation is covered
 
 
+def _tf_serving_case(rng):
+    """The Python TF Serving client's request for a batch of 2 (two chunks), and an answer."""
+    import base64
+
+    from edge.tf_serving import TFServingDiffusion, predict_body
+
+    manifest = {"schedulers": ["ddim", "dpmpp_2m", "euler"], "context": {"length": 77}, "model": {},
+                "latent": {"height": 2, "width": 3, "channels": 4, "vae_factor": 8}, "image": {"height": 16, "width": 24}}
+    context = (rng.standard_normal((2, 154, 8)) * 2).astype(np.float32)
+    uncond = rng.standard_normal((2, 154, 8)).astype(np.float32)
+    params = {"seed": 4294967290, "steps": 12, "guidance_scale": 6.5, "scheduler": "euler"}
+    signature, inputs, reported = TFServingDiffusion("unused", manifest, None).request(
+        {"context": context, "unconditional_context": uncond}, params)
+    latents = rng.standard_normal((2, 2, 3, 4)).astype(np.float16)
+    answer = {"outputs": [{"b64": base64.b64encode(row.astype("<f2").tobytes()).decode()} for row in latents]}
+    return {"manifest": manifest, "context": {"shape": list(context.shape), "values": context.ravel().tolist()},
+            "unconditional": {"shape": list(uncond.shape), "values": uncond.ravel().tolist()}, "params": params,
+            "python_body": json.loads(predict_body(signature, inputs)), "python_reported": reported,
+            "answer": answer, "answer_shape": list(latents.shape), "answer_bits": latents.view(np.uint16).ravel().tolist()}
+
+
 @pytest.mark.skipif(NODE is None, reason="Node.js is not installed (scripts/setup.sh test installs it)")
 def test_javascript_node_tests(tmp_path):
     from webapp import wire as server_wire
@@ -45,8 +66,9 @@ def test_javascript_node_tests(tmp_path):
     mask = (rng.random((8, 8)) > 0.5).astype(np.uint8) * 255
     (tmp_path / "in.st").write_bytes(server_wire.encode(
         {"x": x, "x16": x.astype(np.float16), "ids": ids, "mask": mask}, {"parameters": {"steps": 20}}))
+    (tmp_path / "tfs.json").write_text(json.dumps(_tf_serving_case(rng)))
     env = dict(os.environ, SD_TOKENIZER_DIR=str(tmp_path / "tokenizer"), SD_WIRE_IN=str(tmp_path / "in.st"),
-               SD_WIRE_OUT=str(tmp_path / "out.st"))
+               SD_WIRE_OUT=str(tmp_path / "out.st"), SD_TFS_CASE=str(tmp_path / "tfs.json"))
     proc = subprocess.run([NODE, "--test", "edge/tests/"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -145,6 +145,9 @@ SIGNATURES = {
         "serving_default": {"context": "DT_FLOAT", "unconditional_context": "DT_FLOAT", "seed": "DT_INT64",
                             "guidance_scale": "DT_FLOAT", "num_steps": "DT_INT32", "scheduler": "DT_INT32"},
         "inpaint": {"mask": "DT_FLOAT", "image_latents": "DT_FLOAT", "strength": "DT_FLOAT"},
+        "txt2img_bytes": {"context_bytes": "DT_STRING", "unconditional_context_bytes": "DT_STRING",
+                          "seed": "DT_INT64", "scheduler": "DT_INT32"},
+        "inpaint_bytes": {"mask_bytes": "DT_STRING", "image_latents_bytes": "DT_STRING", "strength": "DT_FLOAT"},
     },
     "decoder": {"serving_default": {"latents": "DT_FLOAT"}},
     "image_encoder": {"serving_default": {"images": "DT_UINT8"}},
@@ -220,6 +223,121 @@ def test_diffusion_inpaint_signature_reproduces_pipeline(loaded, pipe, manifest,
              image_latents=tf.constant(pipe.encode_image(image[None].astype(np.float32) / 127.5 - 1.0)),
              strength=tf.constant([strength]))["latents"].numpy()
     assert rel_err(got, ref.latents) < 1e-4
+
+
+# -- TF Serving's REST API with compact tensors (edge/tf_serving.py, tests/tf_serving_rest.py) ---
+def _f16(x):
+    return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
+
+
+def _rest(loaded, body):
+    from tests.tf_serving_rest import predict
+
+    status, answer = predict(loaded("diffusion"), body)
+    return status, answer, json.dumps(answer).encode()
+
+
+def test_tf_serving_rest_bytes_request_is_the_float_request_in_a_seventh_of_the_json(loaded, pipe, manifest):
+    """The edge client's txt2img_bytes request, through TF Serving's JSON rules, gives the float
+    signature's latents (as float16) for the same float16 contexts, and the pipeline's."""
+    from edge.tf_serving import TFServingDiffusion, latents_from_response, predict_body
+
+    empty = pipe.encode_text([""])
+    client = TFServingDiffusion("http://unused", manifest, lambda: empty)
+    ctx = pipe.encode_text(PROMPTS[:1])
+    signature, inputs, reported = client.request({"context": ctx}, dict(seed=7, steps=3, guidance_scale=7.5,
+                                                                         scheduler="dpmpp_2m"))
+    assert signature == "txt2img_bytes" and reported["seed"] == 7
+    body = predict_body(signature, inputs)
+    status, answer, answer_body = _rest(loaded, body)
+    assert status == 200, answer
+    got = latents_from_response(answer_body, client.latent_shape)
+    k = manifest["schedulers"].index("dpmpp_2m")
+    floats = dict(context=_f16(ctx), unconditional_context=_f16(empty), seed=[7], guidance_scale=[7.5],
+                  num_steps=[3], scheduler=[k])
+    ref = loaded("diffusion").signatures["serving_default"](
+        **{n: tf.constant(np.asarray(v, dtype)) for (n, v), dtype in
+           zip(floats.items(), (np.float32, np.float32, np.int64, np.float32, np.int32, np.int32))})["latents"]
+    np.testing.assert_array_equal(got, _f16(ref))  # the same function, then rounded to float16 once
+    pipeline = pipe.diffuse(_f16(ctx), _f16(empty), seed=7, steps=3, scheduler="dpmpp_2m").latents
+    assert rel_err(got, pipeline) < LOOP_BOUND
+    float_body = json.dumps({"signature_name": "serving_default", "inputs": {
+        n: np.asarray(v).tolist() for n, v in floats.items()}}).encode()
+    print(f"TF Serving JSON: {len(body)} B with *_bytes inputs, {len(float_body)} B as numbers; answer "
+          f"{len(answer_body)} B")
+    assert 7 * len(body) < len(float_body)
+
+
+def test_tf_serving_rest_inpaint_bytes_follows_the_mask_rule(loaded, pipe, manifest):
+    """inpaint_bytes with the client's latent mask (models.masks: blur, then block means) gives the
+    pipeline's inpainting latents for the same float16 inputs."""
+    from edge.tf_serving import TFServingDiffusion, latents_from_response, predict_body
+
+    empty = pipe.encode_text([""])
+    client = TFServingDiffusion("http://unused", manifest, lambda: empty)
+    image = image_input(pipe)[0]
+    size = image.shape[0]
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[size // 4:3 * size // 4, size // 8:5 * size // 8] = 255
+    ctx = pipe.encode_text(PROMPTS[1:2])
+    lat = pipe.encode_image(image[None].astype(np.float32) / 127.5 - 1.0)
+    signature, inputs, _ = client.request({"context": ctx, "image_latents": lat, "mask": mask},
+                                          dict(seed=3, steps=5, guidance_scale=7.5, scheduler="euler_a",
+                                               mask_blur=4, strength=0.75))
+    assert signature == "inpaint_bytes"
+    status, answer, answer_body = _rest(loaded, predict_body(signature, inputs))
+    assert status == 200, answer
+    got = latents_from_response(answer_body, client.latent_shape)
+    ref = pipe.diffuse(_f16(ctx), _f16(empty), seed=3, steps=5, scheduler="euler_a", image_latents=_f16(lat),
+                       mask=mask, mask_blur=4, strength=0.75).latents
+    assert rel_err(got, ref) < LOOP_BOUND
+
+
+def test_tf_serving_rest_bytes_errors_name_the_input(loaded, pipe, manifest):
+    from edge.tf_serving import TFServingDiffusion, float16_b64, predict_body
+
+    empty = pipe.encode_text([""])
+    client = TFServingDiffusion("http://unused", manifest, lambda: empty)
+    _, inputs, _ = client.request({"context": empty}, dict(seed=1, steps=2, guidance_scale=7.5, scheduler="ddim"))
+    short = {**inputs, "context_bytes": [float16_b64(empty[0, :70])]}
+    status, answer, _ = _rest(loaded, predict_body("txt2img_bytes", short))
+    assert status == 400 and "context_bytes" in answer["error"] and "multiple of" in answer["error"]
+    nan = empty.copy()
+    nan[0, 3, 5] = np.nan
+    status, answer, _ = _rest(loaded, predict_body("txt2img_bytes", {**inputs, "unconditional_context_bytes":
+                                                                     [float16_b64(nan[0])]}))
+    assert status == 400 and "unconditional_context_bytes holds NaN" in answer["error"]
+    status, answer, _ = _rest(loaded, predict_body("txt2img_bytes", {**inputs, "context_bytes": ["not b64"]}))
+    assert status == 400  # a plain string is text, not the float16 rows: its length is wrong
+    status, answer, _ = _rest(loaded, predict_body("no_such_signature", inputs))
+    assert status == 400 and "no_such_signature" in answer["error"]
+
+
+@pytest.mark.slow
+def test_python_edge_client_generates_through_tf_serving(out, loaded, pipe):
+    """python -m edge.client --tf-serving URL: TFLite text encoder and decoder here, the SavedModel's
+    bytes signatures behind TF Serving's REST layer; the picture is the pipeline's."""
+    from edge import client as edge_client
+    from tests.test_edge import MIN_PSNR, psnr
+    from tests.tf_serving_rest import TFServingREST
+
+    server = TFServingREST({"diffusion": loaded("diffusion")})
+    try:
+        cl = edge_client.EdgeClient(None, edge_client.EdgeModels(out), tf_serving=server.model_url("diffusion"))
+        res = cl.txt2img(PROMPTS[0], negative_prompt="green", seed=11, steps=4, scheduler="euler")
+        with pytest.raises(edge_client.EdgeError, match="LoRAs are baked in"):
+            cl.txt2img("<lora:x:1> " + PROMPTS[0], seed=1, steps=1)
+        bad = edge_client.EdgeClient(None, edge_client.EdgeModels(out), tf_serving=server.model_url("nothing"))
+        with pytest.raises(edge_client.EdgeError, match="404"):
+            bad.txt2img(PROMPTS[0], seed=1, steps=1)
+    finally:
+        server.close()
+    want = pipe.generate(PROMPTS[0], negative_prompt="green", seed=11, num_steps=4, scheduler="euler").images
+    assert res.seeds == [11] and res.parameters["scheduler"] == "euler"
+    value = psnr(res.images, want)  # TFLite encoder and decoder, float16 contexts: close, not equal
+    print(f"TF Serving client: PSNR {value:.1f} dB vs the pipeline; sent {res.bytes_sent} B, received "
+          f"{res.bytes_received} B")
+    assert value >= MIN_PSNR
 
 
 def test_diffusion_rejects_bad_requests(loaded, pipe, manifest):

@@ -230,3 +230,22 @@ def test_inpaint_from_client_side_latents_equals_inpaint_from_pixels(request, rn
                           mask_blur=blur, decode=False, **extra)
     assert split.images is None
     np.testing.assert_allclose(split.latents, full.latents, atol=1e-5)
+
+
+def test_latent_mask_is_the_area_average_of_the_pixel_weight():
+    """models.masks.latent_weight (numpy: what the pipeline and a TF Serving client compute) is an
+    area resize at the VAE factor, as tf.image.resize gives it, blur included."""
+    import tensorflow as tf
+
+    from models import masks
+    from models.errors import InvalidInput
+
+    rng = np.random.default_rng(0)
+    mask = (rng.random((48, 80)) > 0.6).astype(np.uint8) * 255
+    weight = masks.repaint_weight(mask, 4.0)
+    got = masks.latent_weight(weight, 8)
+    want = tf.image.resize(weight[None, :, :, None], (6, 10), method="area").numpy()[0]
+    assert got.shape == (6, 10, 1) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    with pytest.raises(InvalidInput, match="multiple of the VAE factor 8"):
+        masks.latent_weight(weight[:44], 8)

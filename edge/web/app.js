@@ -1,6 +1,7 @@
 // The browser edge client: tokenizer, text encoder, image encoder and decoder run here (TF.js);
 // POST /api/v1/diffuse does only the diffusion. Query options: ?backend=wasm (force one),
-// ?exports=/exports/ (where manifest.json is), ?api= (server base URL, default this origin).
+// ?exports=/exports/ (where manifest.json is), ?api= (server base URL, default this origin),
+// ?tfserving=/v1/models/diffusion (TF Serving's model URL instead of the web app: tf_serving.js).
 import { selectBackend, ORDER } from "./backend.js";
 import { findArtifact, loadManifest, loadModel, run, vaeChoices } from "./models.js";
 import { CLIPTokenizer } from "./tokenizer.js";
@@ -10,12 +11,14 @@ import { pasteBack, repaintMask } from "./imaging.js";
 import { asJson, planLoras } from "./loras.js";
 import { infotext, KEY as PNG_KEY, withText } from "./png.js";
 import * as wire from "./wire.js";
+import { diffuseOnTFServing } from "./tf_serving.js";
 
 const tf = globalThis.tf;
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const EXPORTS = new URL(query.get("exports") || "/exports/", location.href);
 const API = (query.get("api") || location.origin).replace(/\/$/, "");
+const TF_SERVING = query.get("tfserving") ? new URL(query.get("tfserving"), location.href).href : null;
 
 const state = {
   ready: false, busy: false, mode: "txt2img", manifest: null, tokenizer: null,
@@ -55,7 +58,7 @@ async function ensureModels(precision, vae = "full") {
 
 // The server's rule (prompt_weighting.js = models/prompt_weighting.py): emphasis and 75-token
 // chunks; the 77-token text encoder runs once per chunk -> { values, shape [1, 77 k, D] }.
-async function encodeText(prompt) {
+async function encodeText(prompt, minChunks = 1) {
   return encodePrompt(state.tokenizer, prompt, async (ids) => {
     const t = tf.tensor(ids, [1, ids.length], "int32");
     const out = await run(state.models.text_encoder.model, { token_ids: t });
@@ -63,7 +66,26 @@ async function encodeText(prompt) {
     t.dispose();
     out.context.dispose();
     return Float32Array.from(values);
-  });
+  }, minChunks);
+}
+
+// TF Serving takes both contexts, of one chunk count: the negative prompt, or the empty prompt
+// (what the web app uses when none is given), padded with empty chunks as the web app pads them.
+async function tfServingContexts(s, plan, batch) {
+  if (plan.unet.length || plan.encodeOnServer) {
+    throw new Error("TF Serving serves the model as it was exported: LoRAs are baked in at export "
+      + "(python -m exports --lora NAME), not chosen per request");
+  }
+  if (state.mode === "inpaint") {
+    throw new Error("this page sends txt2img to TF Serving; inpaint there with the Python client "
+      + "(python -m edge.client --tf-serving URL --image ... --mask ...)");
+  }
+  let ctx = await encodeText(plan.text);
+  const guided = usesUnconditional(s.guidance, state.manifest);
+  const un = guided ? await encodeText(s.negative || "", ctx.chunks) : ctx;
+  if (un.chunks > ctx.chunks) ctx = await encodeText(plan.text, un.chunks);
+  const msg = (c) => repeatRows(tensorMsg(c.values, c.shape, "float16"), batch);
+  return { context: msg(ctx), unconditional_context: msg(un) };
 }
 
 function tensorMsg(values, shape, dtype) {
@@ -337,7 +359,10 @@ async function generate() {
     const params = { seed: s.seed, steps: s.steps, guidance_scale: s.guidance, scheduler: s.scheduler, dtype: s.dtype };
     if (plan.unet.length) params.loras = asJson(plan.unet);
     let t = performance.now();
-    if (plan.encodeOnServer) {
+    if (TF_SERVING) {
+      setStatus("Encoding the prompt…", "busy");
+      Object.assign(tensors, await tfServingContexts(s, plan, batch));
+    } else if (plan.encodeOnServer) {
       setStatus("Encoding the prompt on the server (a LoRA changes the text encoder)…", "busy");
       const guided = usesUnconditional(s.guidance, state.manifest);
       const enc = await encodeOnServer(guided ? [plan.text, s.negative] : [plan.text], plan.textEncoder, s.dtype);
@@ -374,9 +399,12 @@ async function generate() {
       const [w, h] = s.size.split("x").map(Number);
       Object.assign(params, { width: w, height: h });
     }
-    setStatus("Diffusing on the server…", "busy");
+    setStatus(TF_SERVING ? "Diffusing on TF Serving…" : "Diffusing on the server…", "busy");
     t = performance.now();
-    const res = await diffuse(tensors, params, { signal: state.controller.signal, onStep: showProgress });
+    const res = TF_SERVING
+      ? await diffuseOnTFServing(TF_SERVING, state.manifest, tensors.context, tensors.unconditional_context, params,
+        state.controller.signal)
+      : await diffuse(tensors, params, { signal: state.controller.signal, onStep: showProgress });
     timings.diffuse = performance.now() - t;
     setStatus("Decoding…", "busy");
     t = performance.now();
