@@ -102,16 +102,22 @@ def page_url(engine):
         yield url
 
 
+def open_page(browser, url):
+    """(the page at `url` once it says Ready, the list its uncaught errors go to)."""
+    pg = browser.new_page(accept_downloads=True)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url)
+    wait_state(pg, ("ready",))
+    return pg, errors
+
+
 @pytest.fixture(scope="module")
 def page(page_url):
     from models.checkpoints.tiny import BUNDLED_EDGE_DIR
 
     with headless_chromium(BUNDLED_EDGE_DIR) as browser:
-        pg = browser.new_page(accept_downloads=True)
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(page_url + "/edge/")
-        wait_state(pg, ("ready",))
+        pg, errors = open_page(browser, page_url + "/edge/")
         yield pg
         assert not errors, errors
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.test_edge import MIN_PSNR, PROMPT, headless_chromium, psnr, wait_state
-from tests.test_edge_page import STEPS, api_txt2img, page_url  # noqa: F401  (fixtures)
+from tests.test_edge_page import STEPS, api_txt2img, open_page, page_url  # noqa: F401  (fixtures)
 from tests.webapp_helpers import engine  # noqa: F401
 
 
@@ -35,11 +35,7 @@ def test_page_generates_through_tf_serving(page_url, tf_serving):
     from models.checkpoints.tiny import BUNDLED_EDGE_DIR
 
     with headless_chromium(BUNDLED_EDGE_DIR) as browser:
-        page = browser.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{page_url}/edge/?tfserving={tf_serving.model_url('diffusion')}")
-        wait_state(page, ("ready",))
+        page, errors = open_page(browser, f"{page_url}/edge/?tfserving={tf_serving.model_url('diffusion')}")
         page.fill("#prompt", PROMPT)
         page.fill("#negative", "green")
         page.fill("#seed", "17")

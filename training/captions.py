@@ -198,23 +198,28 @@ ISSUE_FAMILIES: dict[str, Callable] = {
 
 
 # -- held-out forms: never drawn in training ---------------------------------------------------
-HELD_OUT_FORMS: dict[str, Callable] = {
-    "a red circle against a blue background":
-        lambda s, rng: f"{_with_article(f'{s.colour} {s.shape}', rng)} against {_with_article(f'{s.background} background', rng)}",
-    "a blue background behind a red circle":
-        lambda s, rng: f"{_with_article(f'{s.background} background', rng)} behind {_with_article(f'{s.colour} {s.shape}', rng)}",
-    "on a blue background, a red circle":
-        lambda s, rng: f"on {_with_article(f'{s.background} background', rng)}, {_with_article(f'{s.colour} {s.shape}', rng)}",
-    "the background is blue and the circle is red":
-        lambda s, rng: f"the background is {s.background} and the {s.shape} is {s.colour}",
-    "circle: red, background: blue": lambda s, rng: f"{s.shape}: {s.colour}, background: {s.background}",
+def _template(text: str) -> Callable:
+    """A form from a template: {colour} {shape} {background}, and {a_subject} ("a red circle"),
+    {a_background} ("a blue background"), {a_wall} ("a blue wall") with articles as people type them."""
+    def form(s: Scene, rng) -> str:
+        return text.format(colour=s.colour, shape=s.shape, background=s.background,
+                           a_subject=_with_article(f"{s.colour} {s.shape}", rng),
+                           a_background=_with_article(f"{s.background} background", rng),
+                           a_wall=_with_article(f"{s.background} wall", rng))
+    return form
+
+
+HELD_OUT_FORMS: dict[str, Callable] = {name: _template(text) for name, text in {
+    "a red circle against a blue background": "{a_subject} against {a_background}",
+    "a blue background behind a red circle": "{a_background} behind {a_subject}",
+    "on a blue background, a red circle": "on {a_background}, {a_subject}",
+    "the background is blue and the circle is red": "the background is {background} and the {shape} is {colour}",
+    "circle: red, background: blue": "{shape}: {colour}, background: {background}",
     "an illustration showing a red circle over blue, masterpiece":
-        lambda s, rng: f"an illustration showing {_with_article(f'{s.colour} {s.shape}', rng)} over {s.background}, masterpiece",
-    "blue background and a red circle":
-        lambda s, rng: f"{s.background} background and {_with_article(f'{s.colour} {s.shape}', rng)}",
-    "there is a red circle in front of a blue wall":
-        lambda s, rng: f"there is {_with_article(f'{s.colour} {s.shape}', rng)} in front of {_with_article(f'{s.background} wall', rng)}",
-}
+        "an illustration showing {a_subject} over {background}, masterpiece",
+    "blue background and a red circle": "{background} background and {a_subject}",
+    "there is a red circle in front of a blue wall": "there is {a_subject} in front of {a_wall}",
+}.items()}
 
 
 def random_scene(combo: tuple[str, str, str], rng: np.random.Generator, p_size=0.3, p_position=0.3) -> Scene:
