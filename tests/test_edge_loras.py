@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 PROMPT = "a red circle on a blue background"
 STEPS = 4
 ATTN = "down_blocks.0.attentions.0.transformer_blocks.0"
-UNET = [("unet", f"{ATTN}.attn2.to_k"), ("unet", f"{ATTN}.attn1.to_q")]
+UNET = [("unet", f"{ATTN}.attn2.to_k"), ("unet", f"{ATTN}.attn2.to_v"), ("unet", f"{ATTN}.attn1.to_q")]
 TEXT = [("text_encoder", "text_model.encoder.layers.0.self_attn.q_proj"),
         ("text_encoder", "text_model.encoder.layers.0.mlp.fc1")]
 
@@ -58,9 +58,10 @@ def engine(tmp_path_factory):
 
     pipe = load_pipeline("tiny")
     d = tmp_path_factory.mktemp("edge_loras")
-    strong = lambda sd: {k: (v * 4 if k.endswith("up.weight") else v) for k, v in sd.items()}  # noqa: E731
-    save(strong(kohya(pipe, UNET, seed=1, rank=4)), d / "ink.safetensors")
-    save(strong(kohya(pipe, TEXT, seed=2, rank=4)), d / "word.safetensors")
+    # strong enough that each visibly changes the image (the tests check that it does)
+    strong = lambda sd, f: {k: (v * f if k.endswith("up.weight") else v) for k, v in sd.items()}  # noqa: E731
+    save(strong(kohya(pipe, UNET, seed=1, rank=4), 8), d / "ink.safetensors")
+    save(strong(kohya(pipe, TEXT, seed=2, rank=4), 4), d / "word.safetensors")
     return LocalEngine(pipe, base_name="tiny", loras_dir=str(d)), str(d)
 
 

@@ -261,8 +261,9 @@ def test_tf_serving_rest_bytes_request_is_the_float_request_in_a_seventh_of_the_
     np.testing.assert_array_equal(got, _f16(ref))  # the same function, then rounded to float16 once
     pipeline = pipe.diffuse(_f16(ctx), _f16(empty), seed=7, steps=3, scheduler="dpmpp_2m").latents
     assert rel_err(got, pipeline) < LOOP_BOUND
+    # what a client sends without them: its float32 contexts as JSON numbers
     float_body = json.dumps({"signature_name": "serving_default", "inputs": {
-        n: np.asarray(v).tolist() for n, v in floats.items()}}).encode()
+        n: np.asarray(v).tolist() for n, v in {**floats, "context": ctx, "unconditional_context": empty}.items()}}).encode()
     print(f"TF Serving JSON: {len(body)} B with *_bytes inputs, {len(float_body)} B as numbers; answer "
           f"{len(answer_body)} B")
     assert 7 * len(body) < len(float_body)
