@@ -108,13 +108,23 @@ class Lanes:
             self.cond.notify_all()
 
 
-def run_file(path, extra):
+# Two TensorFlow processes with their default thread pools (one intra-op thread per core each)
+# on this 2-core machine spend their time waiting on each other: 25 default-model images took
+# 11.6 s in each of two concurrent processes, 5.9-6.5 s with one intra-op thread each (8.5 s in
+# one process alone with the defaults). So while two lanes run, each file's process computes on
+# one thread (inter-op 2: ops that wait on other ops still get a thread). A value set in the
+# environment wins.
+LANE_THREADS = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}
+
+
+def run_file(path, extra, threads=None):
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--durations=5",
            "--durations-min=20", *extra,
            str(path.relative_to(ROOT))]
     # the file's process leaves without Python's teardown of its graphs (tests/conftest.py)
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "SD_TESTS_FAST_EXIT": "1"})
+    env = {**(threads or {}), **os.environ, "SD_TESTS_FAST_EXIT": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     out = proc.stdout + proc.stderr
     found = SUMMARY.findall(out)
     # pytest exit code 5: every test of the file deselected by the caller's -m/-k.
@@ -151,7 +161,7 @@ def main(argv=None):
 
     def lane(takes_heavy):
         while (path := queue.next(takes_heavy)) is not None:
-            result = run_file(path, extra)
+            result = run_file(path, extra, LANE_THREADS if args.jobs > 1 else None)
             queue.finished(path)
             with lock:
                 done[0] += 1

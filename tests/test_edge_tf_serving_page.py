@@ -22,8 +22,12 @@ def tf_serving(engine, page_url, tmp_path_factory):
     from exports import export
     from tests.tf_serving_rest import TFServingREST
 
+    from exports import diffusion_graph
+
     out = tmp_path_factory.mktemp("export") / "tiny"
-    export("tiny", str(out), pipeline=engine.pipe, formats="savedmodel", components="diffusion", progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # the page runs ddim, index 0 in every export: one loop to trace
+        mp.setattr(diffusion_graph, "EXPORTED_SCHEDULERS", ("ddim",))
+        export("tiny", str(out), pipeline=engine.pipe, formats="savedmodel", components="diffusion", progress=False)
     server = TFServingREST({"diffusion": tf.saved_model.load(os.path.join(out, "savedmodel", "diffusion", "1"))},
                            cors_origin=page_url)
     yield server
