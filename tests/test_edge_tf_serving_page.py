@@ -19,10 +19,8 @@ def tf_serving(engine, page_url, tmp_path_factory):
 
     import tensorflow as tf
 
-    from exports import export
+    from exports import diffusion_graph, export
     from tests.tf_serving_rest import TFServingREST
-
-    from exports import diffusion_graph
 
     out = tmp_path_factory.mktemp("export") / "tiny"
     with pytest.MonkeyPatch.context() as mp:  # the page runs ddim, index 0 in every export: one loop to trace

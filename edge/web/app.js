@@ -8,7 +8,7 @@ import { CLIPTokenizer } from "./tokenizer.js";
 import { encodePrompt, tokenLabel } from "./prompt_weighting.js";
 import { usesUnconditional } from "./guidance.js";
 import { pasteBack, repaintMask } from "./imaging.js";
-import { asJson, planLoras } from "./loras.js";
+import { asJson, hasLoraTag, planLoras } from "./loras.js";
 import { infotext, KEY as PNG_KEY, withText } from "./png.js";
 import * as wire from "./wire.js";
 import { diffuseOnTFServing } from "./tf_serving.js";
@@ -69,11 +69,11 @@ async function encodeText(prompt, minChunks = 1) {
   }, minChunks);
 }
 
-// TF Serving takes both contexts, of one chunk count: the negative prompt, or the empty prompt
-// (what the web app uses when none is given), padded with empty chunks as the web app pads them.
 const TF_SERVING_LORAS = "TF Serving serves the model as it was exported: LoRAs are baked in at export "
   + "(python -m exports --lora NAME), not chosen per request";
 
+// TF Serving takes both contexts, of one chunk count: the negative prompt, or the empty prompt
+// (what the web app uses when none is given), padded with empty chunks as the web app pads them.
 async function tfServingContexts(s, plan, batch) {
   if (state.mode === "inpaint") {
     throw new Error("this page sends txt2img to TF Serving; inpaint there with the Python client "
@@ -353,7 +353,7 @@ async function generate() {
     await ensureModels(s.precision, s.vae);
     // the request's LoRAs by the server's rule (edge/web/loras.js): tags out of the prompt; a
     // text-encoder LoRA makes this page's text encoder wrong for it, so the server encodes
-    if (TF_SERVING && (pickedLoras().length || /<lora:/i.test(s.prompt))) throw new Error(TF_SERVING_LORAS);
+    if (TF_SERVING && (pickedLoras().length || hasLoraTag(s.prompt))) throw new Error(TF_SERVING_LORAS);
     const plan = planLoras(s.prompt, s.negative, pickedLoras(), state.serverInfo);
     const tensors = {};
     const params = { seed: s.seed, steps: s.steps, guidance_scale: s.guidance, scheduler: s.scheduler, dtype: s.dtype };

@@ -62,6 +62,9 @@ function join(left, right) {
   return `${l} ${r}`;
 }
 
+// Whether the prompt names a LoRA (complete tag or not), as models.chain checks it.
+export const hasLoraTag = (prompt) => OPEN.test(prompt);
+
 // The prompt without its <lora:...> tags, and [[name, scale]] in the order given.
 export function parseLoraTags(prompt) {
   const tags = [];
