@@ -55,21 +55,32 @@ def conv_as_matmul(x, kernel, strides=(1, 1), pads=((0, 0), (0, 0))):
     """A 2-D convolution (NHWC, HWIO kernel, explicit zero padding) as im2col + one matmul.
 
     The patches are k*k strided slices concatenated on channels, in the HWIO kernel's (row,
-    column, channel) order; faster here than tf.image.extract_patches (bench/conv_kernels.py)."""
+    column, channel) order; faster here than tf.image.extract_patches (bench/conv_kernels.py).
+    With unknown sizes every tap is one slice of a size computed once per convolution (a
+    graph for any size would otherwise carry the tap arithmetic k*k times over: 13 700 ops for
+    the default model's UNet instead of 4 800)."""
     k_h, k_w, c_in, c_out = kernel.shape
     s_h, s_w = strides
     if any(sum(pads, ())):
         x = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
-    # Static sides where known, so the slices are constants in the traced graph.
-    batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
-    h = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
-    w = x.shape[2] if x.shape[2] is not None else tf.shape(x)[2]
-    out_h, out_w = (h - k_h) // s_h + 1, (w - k_w) // s_w + 1
-    taps = [x[:, i:i + (out_h - 1) * s_h + 1:s_h, j:j + (out_w - 1) * s_w + 1:s_w, :]
-            for i in range(k_h) for j in range(k_w)]
+    if x.shape[1] is not None and x.shape[2] is not None:  # static sides: constant slices
+        h, w = x.shape[1], x.shape[2]
+        out_h, out_w = (h - k_h) // s_h + 1, (w - k_w) // s_w + 1
+        taps = [x[:, i:i + (out_h - 1) * s_h + 1:s_h, j:j + (out_w - 1) * s_w + 1:s_w, :]
+                for i in range(k_h) for j in range(k_w)]
+        batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+        out_shape = [batch, out_h, out_w, c_out]
+    else:
+        shape = tf.shape(x)
+        out_h, out_w = (shape[1] - k_h) // s_h + 1, (shape[2] - k_w) // s_w + 1
+        size = tf.stack([-1, (out_h - 1) * s_h + 1, (out_w - 1) * s_w + 1, -1])
+        taps = [tf.slice(x, [0, i, j, 0], size) for i in range(k_h) for j in range(k_w)]
+        if (s_h, s_w) != (1, 1):
+            taps = [t[:, ::s_h, ::s_w, :] for t in taps]
+        out_shape = tf.stack([shape[0], out_h, out_w, c_out])
     patches = taps[0] if len(taps) == 1 else tf.concat(taps, axis=-1)
     y = tf.matmul(tf.reshape(patches, [-1, k_h * k_w * c_in]), tf.reshape(kernel, [k_h * k_w * c_in, c_out]))
-    return tf.reshape(y, [batch, out_h, out_w, c_out])
+    return tf.reshape(y, out_shape)
 
 
 def _symbolic():
@@ -81,29 +92,54 @@ def _symbolic():
     return in_symbolic_scope()
 
 
+_RECORDING_PLAN = False
+
+
+@contextlib.contextmanager
+def recording_conv_plan():
+    """Every Conv2D called with known sizes inside this block remembers the kernel it chose,
+    for the calls where its input's sizes are unknown (a shape-generic graph: models/compiled.py)."""
+    global _RECORDING_PLAN
+    saved, _RECORDING_PLAN = _RECORDING_PLAN, True
+    try:
+        yield
+    finally:
+        _RECORDING_PLAN = saved
+
+
+def plan_convolutions(network, inputs):
+    """Run `network` once, eagerly, on `inputs` (a representative call: the server's default
+    size and batch) so each of its convolutions fixes its kernel for shape-generic graphs."""
+    with recording_conv_plan():
+        network(inputs, training=False)
+
+
 class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D (same weights and config) that runs small convolutions as a matmul
-    on CPUs; see MATMUL_CONV_MAX_PIXELS."""
+    on CPUs; see MATMUL_CONV_MAX_PIXELS.
+
+    With unknown spatial sizes (a graph traced for every resolution) the choice cannot be made
+    from the input, and making it per call in the graph (a tf.cond over both kernels) doubles
+    the graph: its trace, its first call and its run time (0.67 s against 0.48 s for 20 steps of
+    the default model). Such a graph takes the kernel the layer chose in its last call under
+    `plan_convolutions`, or the native convolution if it never had one."""
+
+    planned_matmul = None
 
     def convolution_op(self, inputs, kernel):
         limit = matmul_conv_max_pixels()
         pads = self._matmul_pads()
         if not limit or pads is None or _symbolic():
             return super().convolution_op(inputs, kernel)
-
-        def matmul():
-            return conv_as_matmul(inputs, kernel, self.strides, pads)
-
         b, h, w = inputs.shape[:3]
         if h is not None and w is not None:  # decided when traced
             out = self._out_pixels(h, w, pads)
             small = out <= limit or (b is not None and b * out <= MATMUL_CONV_MAX_ROWS)
-            return matmul() if small else super().convolution_op(inputs, kernel)
-        # Dynamic spatial size (a graph traced for every resolution): decided per call.
-        shape = tf.shape(inputs)
-        out = self._out_pixels(shape[1], shape[2], pads)
-        small = tf.logical_or(out <= limit, shape[0] * out <= MATMUL_CONV_MAX_ROWS)
-        return tf.cond(small, matmul, lambda: super(Conv2D, self).convolution_op(inputs, kernel))
+            if _RECORDING_PLAN:
+                self.planned_matmul = bool(small)
+        else:
+            small = bool(self.planned_matmul)
+        return conv_as_matmul(inputs, kernel, self.strides, pads) if small else super().convolution_op(inputs, kernel)
 
     def _out_pixels(self, h, w, pads):
         """Output pixels per image for input sides h, w (ints, or scalar tensors)."""

@@ -17,10 +17,12 @@ import tensorflow as tf
 
 from . import chain, masks
 from .checkpoints.assemble import NotLoaded
+from .compiled import ShapeGeneric
 from .components import Components
 from .errors import InvalidInput
+from .layers import plan_convolutions
 from .lora.merge import LoraMerger
-from .sampling import BLEND, CONCAT, NO_INPAINT, DenoiseLoop
+from .sampling import BLEND, CONCAT, NO_INPAINT, DenoiseLoop, guided_eps
 from .schedulers import SCHEDULERS, get_scheduler
 from .stages import Diffused, Encoded
 from .tokenizer import TruncationWarning
@@ -131,14 +133,45 @@ class StableDiffusionPipeline:
         self.preview_decoder, self.preview_config = None, None  # a TAESD for previews (set_preview_decoder)
 
     def _compiled(self, name):
-        """The network's compiled call, traced once per input signature: every public primitive
-        runs a graph, never op by op (an eager UNet call at SD v1 size is 1.5x the graph's time).
+        """The network's compiled call: every public primitive runs a graph, never op by op (an
+        eager UNet call at SD v1 size is 1.5x the graph's time), traced once for every size and
+        batch (models/compiled.py) after a representative call fixes its convolution kernels.
         A trace holds the network it was made with, so swap_unet / swap_vae drop theirs."""
         if name not in self._traced:
             network = getattr(self, name)
-            self._traced[name] = tf.function(lambda *x: network(list(x) if len(x) > 1 else x[0], training=False),
-                                             reduce_retracing=True, jit_compile=self.jit_compile or None)
+            _require(network)
+            plan_convolutions(network, self._representative_inputs(name))
+            self._traced[name] = ShapeGeneric(lambda *x: network(list(x) if len(x) > 1 else x[0], training=False),
+                                              jit_compile=self.jit_compile or None)
         return self._traced[name]
+
+    def _compiled_guided(self):
+        """The guided pass's UNet calls (models.sampling.guided_eps) as one compiled function
+        shared by every loop, calling the compiled UNet (its trace is reused)."""
+        if "guided" not in self._traced:
+            unet, batching = self._compiled("unet"), self.guidance_batching
+            self._traced["guided"] = ShapeGeneric(
+                lambda x_in, t, context, uncond: guided_eps(lambda inputs: unet(*inputs), batching,
+                                                            x_in, t, context, uncond),
+                jit_compile=self.jit_compile or None)
+        return self._traced["guided"]
+
+    def _representative_inputs(self, name):
+        """Zeros shaped as the call `name` makes most: the default size, one image (the UNet: the
+        rows one guided step gives it, two when guidance is batched)."""
+        h = w = self.unet.config.sample_size
+        c = self.latent_channels
+        if name == "encoder":
+            return tf.zeros([1, h * self.vae_factor, w * self.vae_factor, 3])
+        if name in ("decoder", "preview_decoder"):
+            return tf.zeros([1, h, w, c])
+        rows = 2 if self.guidance_batching == "batched" else 1
+        cfg = self.unet.config
+        inputs = [tf.zeros([rows, h, w, cfg.in_channels]), tf.fill([rows], 500.0),
+                  tf.zeros([rows, self.tokenizer.max_length, cfg.cross_attention_dim])]
+        if cfg.time_cond_proj_dim:
+            inputs.append(tf.zeros([rows, cfg.time_cond_proj_dim]))
+        return inputs
 
     @property
     def _decode(self):
@@ -202,6 +235,7 @@ class StableDiffusionPipeline:
         self.unet = self.components.unet = unet
         self._loops.clear()
         self._traced.pop("unet", None)
+        self._traced.pop("guided", None)
 
     def swap_vae(self, encoder, decoder, config):
         """Replace the VAE (an AutoencoderKL such as vae-ft-mse, or TAESD; models.checkpoints.
@@ -318,8 +352,7 @@ class StableDiffusionPipeline:
                 model = self.text_encoder.with_clip_skip(clip_skip)
             except ValueError as e:
                 raise InvalidInput(str(e), "bad_clip_skip") from None
-            self._encoders[clip_skip] = tf.function(
-                lambda ids: tf.cast(model(ids, training=False), tf.float32), reduce_retracing=True)
+            self._encoders[clip_skip] = ShapeGeneric(lambda ids: tf.cast(model(ids, training=False), tf.float32))
         return self._encoders[clip_skip]
 
     def predict_noise(self, latents, timestep, context, guidance_scale=None) -> np.ndarray:
@@ -606,9 +639,12 @@ class StableDiffusionPipeline:
         key = (scheduler, mode, "conditional_only") if conditional_only else (scheduler, mode)
         if key not in self._loops:
             sched = get_scheduler(scheduler, self.components.schedule)
+            unet = self._compiled("unet")  # one compiled UNet for every loop (models/sampling.py)
             self._loops[key] = DenoiseLoop(self.unet, sched, mode, jit_compile=self.jit_compile,
                                            guidance_batching=self.guidance_batching,
-                                           conditional_only=bool(conditional_only))
+                                           conditional_only=bool(conditional_only),
+                                           unet_call=lambda inputs: unet(*inputs), guided_call=self._compiled_guided(),
+                                           shape_generic=True)
         return self._loops[key]
 
     def generate(self, prompt, negative_prompt=None, num_steps: int = 20, guidance_scale: float = 7.5,

@@ -154,8 +154,9 @@ def test_primitives_shapes(tiny_pipeline):
 
 
 def test_primitives_run_compiled_and_follow_swaps(tiny_pipeline, rng):
-    """predict_noise / decode_latents / encode_image are graphs traced once per shape (not eager
-    calls), equal to the networks' eager outputs, and a swapped network is the one that runs."""
+    """predict_noise / decode_latents / encode_image are graphs (not eager calls) traced once for
+    every size and batch, equal to the networks' eager outputs, and a swapped network is the one
+    that runs."""
     import tensorflow as tf
 
     pipe = StableDiffusionPipeline(random_components(seed=5))  # its own: the swaps below change it
@@ -166,9 +167,14 @@ def test_primitives_run_compiled_and_follow_swaps(tiny_pipeline, rng):
     np.testing.assert_allclose(pipe.predict_noise(lat, 500, ctx), eager, rtol=1e-4, atol=1e-5)
     pipe.predict_noise(lat, 400, ctx)
     unet_fn = pipe._compiled("unet")
-    assert isinstance(unet_fn, tf.types.experimental.PolymorphicFunction)
-    assert unet_fn.experimental_get_tracing_count() == 1  # a new timestep is no new trace
+    assert all(isinstance(f, tf.types.experimental.PolymorphicFunction) for f in unet_fn._functions.values())
+    other_size = rng.standard_normal((3, 16, 8, 4)).astype(np.float32)
+    np.testing.assert_allclose(pipe.predict_noise(other_size, 300, np.repeat(ctx[:1], 3, 0)),
+                               pipe.unet([other_size, np.full([3], 300.0, np.float32), np.repeat(ctx[:1], 3, 0)],
+                                         training=False).numpy(), rtol=1e-4, atol=1e-5)
+    assert unet_fn.experimental_get_tracing_count() == 1  # a new timestep, size or batch is no new trace
     pixels = pipe.decode_latents(lat)
+    pipe.decode_latents(other_size)
     assert pipe._compiled("decoder").experimental_get_tracing_count() == 1
     np.testing.assert_allclose(pipe.encode_image(pixels), pipe.encode_image(pixels), rtol=0)
     other = tiny_pipeline.components  # other (seed-0) networks, only read: swaps change the pipe they go into

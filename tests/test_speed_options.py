@@ -79,14 +79,22 @@ def test_small_convolutions_as_matmul_equal_the_conv_op(make, shape, monkeypatch
     assert not calls
     monkeypatch.setattr(layers, "MATMUL_CONV_MAX_PIXELS", 10_000)
     static = layer(x).numpy()
-    dynamic = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, shape[-1]])])(x).numpy()
-    assert len(calls) == 2  # eager (static shape) and the traced tf.cond branch
-    np.testing.assert_allclose(static, reference, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dynamic, reference, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 1
+    generic = [tf.TensorSpec([None, None, None, shape[-1]])]
+    unplanned = tf.function(layer, input_signature=generic)(x).numpy()
+    assert len(calls) == 1  # unknown sizes and no plan: the conv op
+    layers.plan_convolutions(layer, x)
+    assert len(calls) == 2 and layer.planned_matmul
+    planned = tf.function(layer, input_signature=generic)(x).numpy()
+    assert len(calls) == 3  # the plan's kernel, in a graph for any size
+    for got in (static, unplanned, planned):
+        np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(layers, "MATMUL_CONV_MAX_PIXELS", 1)  # above both limits: the conv op again
     monkeypatch.setattr(layers, "MATMUL_CONV_MAX_ROWS", 1)
     np.testing.assert_allclose(layer(x).numpy(), reference, rtol=1e-6, atol=1e-6)
-    assert len(calls) == 2
+    assert len(calls) == 3
+    layers.plan_convolutions(layer, x)
+    assert layer.planned_matmul is False
 
 
 def test_matmul_convolution_limits_per_image_and_per_batch(monkeypatch):

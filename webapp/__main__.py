@@ -37,6 +37,8 @@ def parse_args(argv=None):
                    "(default build/exports/<model name> when it exists)")
     p.add_argument("--edge-dir", default=None, help="browser client folder served at /edge/ (default edge/web)")
     p.add_argument("--no-ui", action="store_true", help="serve only the API")
+    p.add_argument("--no-warm-up", action="store_true", help="do not compile every size-generic graph at start "
+                   "(then the first request of each scheduler and mode pays it)")
     p.add_argument("--cors", default=None, help="comma-separated browser origins allowed to call the API "
                    "(default $SD_CORS_ORIGINS; none)")
     p.add_argument("--token-env", default="SD_API_TOKEN", help="environment variable holding the API token")
@@ -64,7 +66,8 @@ def config_from_args(args):
                   text_encoder_url=args.text_encoder_url, diffusion_url=args.diffusion_url,
                   decoder_url=args.decoder_url, exports=args.exports, edge_dir=args.edge_dir, ui=not args.no_ui,
                   token=token_from_env(args.token_env) or "",
-                  cors=args.cors, limits=limits, split_dtype=args.split_dtype, taesd=args.taesd)
+                  cors=args.cors, limits=limits, split_dtype=args.split_dtype, taesd=args.taesd,
+                  warm_up=not args.no_warm_up)
 
 
 def main(argv=None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -112,9 +113,35 @@ class LocalEngine:
         self.current = self.base_name
         self._unets = {self.base_name: pipe.unet}
         self.lock = threading.RLock()
+        self._warm_up = {"state": "off"}
         pipe.restore_loras = False  # a request's set stays until one asks for another: repeats cost nothing
         if loras_dir:
             self.load_loras_dir(loras_dir)
+
+    # -- start-up ------------------------------------------------------------------------
+    def start_warm_up(self):
+        """Compile everything a request can reach (models/warm_up.py) in a background thread,
+        one piece at a time under the model lock, so no user pays a trace; requests are served
+        meanwhile (one that needs a piece not yet compiled compiles it as before)."""
+        from models.warm_up import warm_up
+
+        def run():
+            start = time.perf_counter()
+            try:
+                done = warm_up(self.pipe, lock=self.lock)
+            except Exception as e:  # the server serves without it: each piece then compiles on first use
+                log.warning("warm-up failed (%s: %s); requests compile what they need", type(e).__name__, e)
+                self._warm_up = {"state": "failed", "error": f"{type(e).__name__}: {e}"}
+                return
+            self._warm_up = {"state": "done", "pieces": len(done), "seconds": round(time.perf_counter() - start, 1)}
+            log.info("warm-up done: %d compiled pieces in %.1f s", len(done), self._warm_up["seconds"])
+
+        self._warm_up = {"state": "running"}
+        threading.Thread(target=run, name="warm-up", daemon=True).start()
+
+    def warm_up_status(self) -> dict:
+        """{"state": "off" | "running" | "done" | "failed", ...} for /health."""
+        return dict(self._warm_up)
 
     # -- LoRAs ---------------------------------------------------------------------------
     def load_loras_dir(self, loras_dir: str) -> list:

@@ -47,6 +47,9 @@ class Config:
     limits: Limits = dataclasses.field(default_factory=Limits.from_env)
     split_dtype: str = "float32"
     taesd: str | None = None  # a TAESD for the UI's progress previews (else the decoder at preview size)
+    # compile every piece a request can reach in the background at start (models/warm_up.py);
+    # `python -m webapp` turns it on (--no-warm-up off), an app made in code (tests) leaves it off
+    warm_up: bool = False
 
     @property
     def is_frontend(self) -> bool:
@@ -66,6 +69,8 @@ class Server:
         if engine is not None and config.loras_dir:
             engine.load_loras_dir(config.loras_dir)
         self.gate = Gate(self.limits)
+        if config.warm_up and hasattr(self.engine, "start_warm_up"):
+            self.engine.start_warm_up()
         token = config.token if config.token is not None else auth.token_from_env()
         self.token = token or None
         self.require_token = auth.make_dependency(token)
