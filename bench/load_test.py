@@ -49,13 +49,16 @@ def start_server(port, queue_size, extra=()):
     return proc
 
 
-async def wait_ready(client, url, proc=None, timeout=180):
+async def wait_ready(client, url, proc=None, timeout=300):
+    """Until /health answers and the server's start-up compile (models/warm_up.py) is done, as
+    a readiness probe would: load measured meanwhile would be measuring the compiler."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("the server exited during start-up")
         try:
-            if (await client.get(url + "/api/v1/health")).status_code == 200:
+            r = await client.get(url + "/api/v1/health")
+            if r.status_code == 200 and (r.json().get("warm_up") or {}).get("state") != "running":
                 return
         except Exception:
             pass
