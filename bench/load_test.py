@@ -127,7 +127,7 @@ async def run(args):
     url = args.url
     if url is None:
         port = args.port
-        proc = start_server(port, args.queue_size)
+        proc = start_server(port, args.queue_size, extra=["--no-warm-up"] if args.no_warm_up else [])
         url = f"http://127.0.0.1:{port}"
     limits = httpx.Limits(max_connections=args.clients + 10, max_keepalive_connections=args.clients + 10)
     async with httpx.AsyncClient(timeout=args.request_timeout, limits=limits) as client:
@@ -197,6 +197,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--max-wait", type=float, default=2.0, help="cap on a client's Retry-After wait")
     p.add_argument("--request-timeout", type=float, default=300)
+    p.add_argument("--no-warm-up", action="store_true", help="start the server without its start-up compile "
+                   "(the first requests of each kind then compile what they need)")
     p.add_argument("--out", default=None, help="write the JSON report here too")
     return p.parse_args(argv)
 

@@ -192,7 +192,7 @@ class EdgeClient:
         from models import chain
         from models.errors import InvalidInput
 
-        needs_info = bool(loras) or "<lora:" in prompt.lower()
+        needs_info = bool(loras) or chain.has_lora_tag(prompt)
         if needs_info and self.tf_serving is not None:
             raise EdgeError("TF Serving serves the diffusion model as it was exported: LoRAs are baked in at export "
                             "(python -m exports --lora NAME), not chosen per request")

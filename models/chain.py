@@ -228,14 +228,16 @@ def contexts(stages, prompt, negative_prompt, batch_size, check, loras=None, gui
 
 def _with_loras(stages, prompt, negative_prompt, loras):
     """(prompt without tags, encode kwargs' set, diffuse kwargs, the request's set)."""
-    available = (stages.info().get("loras") or {}) if (loras is not None or _has_tag(prompt)) else {}
+    available = (stages.info().get("loras") or {}) if (loras is not None or has_lora_tag(prompt)) else {}
     text, chosen = request_loras(prompt, negative_prompt, loras, available)
     te, unet = split_loras(chosen, available)
     diffuse_kw = {} if chosen is None else {"loras": unet, "context_loras": te}
     return text, te, diffuse_kw, chosen
 
 
-def _has_tag(prompt) -> bool:
+def has_lora_tag(prompt) -> bool:
+    """Whether a prompt (or any of a list) names a LoRA, so the LoRAs on offer must be known
+    before the request's set can be read (every client asks this one function)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     return any("<lora:" in p.lower() for p in prompts if isinstance(p, str))
 
