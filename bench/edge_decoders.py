@@ -56,22 +56,24 @@ def _params(model):
     return int(sum(np.prod(v.shape) for v in model.weights))
 
 
-def _time_tflite(path, latents, threads, repeats):
+def _time_tflite(path, feed, threads, repeats):
+    """ms of `repeats` calls of the model's serving_default on `feed` ({input name: array}) after one."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
-    runner(latents=latents)
+    runner(**feed)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        runner(latents=latents)
+        runner(**feed)
         times.append((time.perf_counter() - t0) * 1000)
     return times
 
 
-def _time_tfjs(exports_dir, models, repeats, progress, warmup=1, isolated=False):
+def _time_tfjs(exports_dir, models, repeats, progress, warmup=1, isolated=False, spec=None):
     """{key: timings or {"error": ...}}: each model in a fresh page, so that one the wasm
-    runtime aborts on (it runs out of its 32-bit heap) does not take the others with it."""
+    runtime aborts on (it runs out of its 32-bit heap) does not take the others with it.
+    `spec`: the inputs, as bench/tfjs_page/bench.js makes them (default: one 512 px latent)."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -89,7 +91,7 @@ def _time_tfjs(exports_dir, models, repeats, progress, warmup=1, isolated=False)
                     info = page.evaluate("b => window.benchSetup(b)", "wasm")
                     if info.get("error"):
                         raise RuntimeError(f"wasm backend: {info['error']}")
-                    spec = {"latents": {"dtype": "float32", "shape": [1, LATENT, LATENT, 4]}}
+                    spec = spec or {"latents": {"dtype": "float32", "shape": [1, LATENT, LATENT, 4]}}
                     t0 = time.perf_counter()
                     try:
                         res = page.evaluate("([u, i, w, n, s, m]) => window.benchModel(u, i, w, n, s, m)",
@@ -127,7 +129,7 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
                 path = os.path.join(work, f"{name}.{precision}.tflite")
                 with open(path, "wb") as f:
                     f.write(tflite.convert(fixed, precision))
-                times = _time_tflite(path, latents, threads, repeats)
+                times = _time_tflite(path, {"latents": latents}, threads, repeats)
                 rows.append({"decoder": name, "params": params, "runtime": "tflite", "precision": precision,
                              "bytes": os.path.getsize(path), "ms": r(median(times), 1), "ms_all": [r(t, 1) for t in times]})
                 progress(f"  tflite {threads} threads {name:14} {precision:8} {rows[-1]['ms']:10.1f} ms")
