@@ -171,3 +171,14 @@ def test_conv_kernels_small_shapes():
         assert row["max_rel_diff_b1"] < 1e-5 and row["max_rel_diff_b2"] < 1e-5
         assert row["conv_ms_b2"] > 0 and row["matmul_ms_b2"] > 0 and row["speedup_b1"] > 0
     assert "4x4" in conv_kernels.format_row(res["rows"][0])
+
+
+def test_generic_graphs_tiny(tmp_path):
+    from bench.generic_graphs import main
+
+    out = tmp_path / "gg.json"
+    assert main(["--tiny", "--size", "64", "--rounds", "1", "--repeats", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["runs"]) == {"per_shape", "generic"} and res["summary"]["generic_vs_per_shape"] > 0
+    assert all(run["first_call_s"] > 0 and len(run["step_ms"]) == 1 for runs in res["runs"].values() for run in runs)
+    assert res["runs"]["generic"][0]["plan_s"] > 0 and "warm_up" not in res
