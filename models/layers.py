@@ -98,7 +98,8 @@ _RECORDING_PLAN = False
 @contextlib.contextmanager
 def recording_conv_plan():
     """Every Conv2D called with known sizes inside this block remembers the kernel it chose,
-    for the calls where its input's sizes are unknown (a shape-generic graph: models/compiled.py)."""
+    and every Attention its query chunks, for the calls where the sizes are unknown (a
+    shape-generic graph: models/compiled.py)."""
     global _RECORDING_PLAN
     saved, _RECORDING_PLAN = _RECORDING_PLAN, True
     try:
@@ -110,11 +111,14 @@ def recording_conv_plan():
 def plan_convolutions(network, inputs):
     """Trace `network` once on inputs shaped as `inputs` (a representative call: the server's
     default size and batch) so each of its convolutions fixes its kernel for shape-generic
-    graphs. Traced, not run: running the SD v1 decoder eagerly at 512 px took 10 s and its
+    graphs (and each attention its query chunks). Traced, not run: running the SD v1 decoder eagerly at 512 px took 10 s and its
     activations a GB more at the server's start."""
+    import gc
+
     specs = tf.nest.map_structure(lambda x: tf.TensorSpec(x.shape, x.dtype), inputs)
     with recording_conv_plan():
         tf.function(lambda x: network(x, training=False)).get_concrete_function(specs)
+    gc.collect()  # the scratch graph (a full-size UNet's is 100s of MB of Python objects) is a cycle
 
 
 class Conv2D(keras.layers.Conv2D):
@@ -296,10 +300,11 @@ class Upsample(keras.layers.Layer):
 ATTENTION_CHUNK_ELEMENTS = 1 << 25
 
 
-def attention(q, k, v, heads, bias=None, upcast=False):
+def attention(q, k, v, heads, bias=None, upcast=False, chunks=None):
     """Scaled dot-product attention over [B, N, heads*d] projections. `upcast` computes the
     scores and the softmax in float32 under a float16/bfloat16 policy (diffusers'
-    upcast_attention: SD 2.1's scores overflow float16)."""
+    upcast_attention: SD 2.1's scores overflow float16). `chunks`: the query chunks when the
+    token counts are unknown (a size-generic graph; see Attention.planned_chunks)."""
     out_dtype = v.dtype
     if upcast and q.dtype != "float32":
         q, k = ops.cast(q, "float32"), ops.cast(k, "float32")
@@ -310,17 +315,31 @@ def attention(q, k, v, heads, bias=None, upcast=False):
     k = ops.transpose(ops.reshape(k, (-1, m, heads, d)), (0, 2, 3, 1))
     v = ops.transpose(ops.reshape(v, (-1, m, heads, d)), (0, 2, 1, 3))
     batch = q.shape[0] if isinstance(q.shape[0], int) else 1
-    chunks = 1 if bias is not None else _query_chunks(batch * heads, n, m)
+    if bias is not None:
+        chunks = 1
+    elif isinstance(n, int) and isinstance(m, int):
+        chunks = _query_chunks(batch * heads, n, m)
+    else:
+        chunks = chunks or 1
     if chunks == 1:
         out = _attend(q, k, v, bias)
     else:
         outs = []
-        for part in ops.split(q, chunks, axis=2):
+        for part in _query_parts(q, n, chunks):
             if outs:  # chain the chunks so the graph runtime does not run them side by side
                 part = _after(part, outs[-1])
             outs.append(_attend(part, k, v, bias))
         out = ops.concatenate(outs, axis=2)
     return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, n, c))
+
+
+def _query_parts(q, n, chunks):
+    """q [B, heads, n, d] in `chunks` parts along the queries: equal ones where n is known; with
+    n unknown, slices of ceil(n / chunks) queries (the last one shorter), which need no divisibility."""
+    if isinstance(n, int):
+        return ops.split(q, chunks, axis=2)
+    size = (n + chunks - 1) // chunks
+    return [q[:, :, i * size:(i + 1) * size] for i in range(chunks)]
 
 
 def _attend(q, k, v, bias):
@@ -373,8 +392,18 @@ class Attention(keras.layers.Layer):
         self.to_v.build(ctx_shape)
         self.to_out.build(tuple(x_shape[:-1]) + (self.dim,))
 
+    # Query chunks for a graph that does not know the token counts, fixed (as convolutions'
+    # kernels) by the representative call traced under recording_conv_plan.
+    planned_chunks = 1
+
     def attend(self, x, ctx):
-        return self.to_out(attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads, upcast=self.upcast))
+        q, k = self.to_q(x), self.to_k(ctx)
+        n, m = q.shape[1], k.shape[1]
+        if _RECORDING_PLAN and n is not None and m is not None:
+            batch = q.shape[0] if q.shape[0] is not None else 1
+            self.planned_chunks = _query_chunks(batch * self.heads, n, m)
+        return self.to_out(attention(q, k, self.to_v(ctx), self.heads, upcast=self.upcast,
+                                     chunks=self.planned_chunks))
 
     def call(self, inputs):
         x, ctx = inputs if isinstance(inputs, list) else (inputs, inputs)

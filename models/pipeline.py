@@ -639,12 +639,12 @@ class StableDiffusionPipeline:
         key = (scheduler, mode, "conditional_only") if conditional_only else (scheduler, mode)
         if key not in self._loops:
             sched = get_scheduler(scheduler, self.components.schedule)
-            unet = self._compiled("unet")  # one compiled UNet for every loop (models/sampling.py)
+            # `step` calls one compiled UNet shared by every loop (models/sampling.py), made on first use
             self._loops[key] = DenoiseLoop(self.unet, sched, mode, jit_compile=self.jit_compile,
                                            guidance_batching=self.guidance_batching,
                                            conditional_only=bool(conditional_only),
-                                           unet_call=lambda inputs: unet(*inputs), guided_call=self._compiled_guided(),
-                                           shape_generic=True)
+                                           unet_call=lambda inputs: self._compiled("unet")(*inputs),
+                                           guided_call=lambda *a: self._compiled_guided()(*a), shape_generic=True)
         return self._loops[key]
 
     def generate(self, prompt, negative_prompt=None, num_steps: int = 20, guidance_scale: float = 7.5,

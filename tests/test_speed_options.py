@@ -24,6 +24,27 @@ def test_chunked_attention_equals_full_attention(monkeypatch):
     np.testing.assert_allclose(chunked_graph, full, atol=1e-6)
 
 
+def test_size_generic_attention_keeps_the_planned_chunks(monkeypatch):
+    """A graph for any token count chunks the queries as the representative call did (SD v1 at
+    512 px would otherwise hold 8 x 4096 x 4096 scores at once), for counts the chunks do not divide."""
+    rng = np.random.default_rng(1)
+    layer = layers.Attention(32, heads=4)
+    x = tf.constant(rng.standard_normal((1, 64, 32)), tf.float32)
+    monkeypatch.setattr(layers, "ATTENTION_CHUNK_ELEMENTS", 4 * 16 * 64)
+    layers.plan_convolutions(layer, x)
+    assert layer.planned_chunks == 4
+    parts = []
+    real = layers._attend
+    monkeypatch.setattr(layers, "_attend", lambda *a: parts.append(1) or real(*a))
+    generic = tf.function(lambda t: layer(t), input_signature=[tf.TensorSpec([None, None, 32])])
+    for n in (64, 50):
+        y = tf.constant(rng.standard_normal((2, n, 32)), tf.float32)
+        monkeypatch.setattr(layers, "ATTENTION_CHUNK_ELEMENTS", 1 << 30)
+        full = layer(y).numpy()
+        np.testing.assert_allclose(generic(y).numpy(), full, atol=1e-5)
+    assert len(parts) == 4 + 2  # traced once with four chunks; two eager full calls
+
+
 def test_query_chunks_divide_the_queries_and_respect_the_limit():
     limit = layers.ATTENTION_CHUNK_ELEMENTS
     assert layers._query_chunks(8, 1024, 1024) == 1  # 256 px: no chunking
