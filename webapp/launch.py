@@ -24,8 +24,14 @@ class ServerProcess:
     """One web app process; `stop()` ends it. Its output goes to a log file, quoted in the error
     when the process dies before it is up; the log is removed after a clean stop."""
 
-    def __init__(self, *args, name="webapp", env=None, timeout=120):
+    def __init__(self, *args, name="webapp", env=None, timeout=120, warm_up=False):
+        """`warm_up` False starts it with --no-warm-up (tests: no background compile competing
+        with what they measure); True waits until its start-up compile is done, as a readiness
+        probe would."""
         self.name, self.port = name, free_port()
+        self.warm_up = warm_up
+        if not warm_up:
+            args = (*args, "--no-warm-up")
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(tempfile.gettempdir(), f"webapp-{name}-{self.port}.log")
         self.log = open(self.log_path, "w+")
@@ -45,7 +51,8 @@ class ServerProcess:
                 self.log.seek(0)
                 raise RuntimeError(f"server {self.name} exited: {self.log.read()[-2000:]}")
             try:
-                if httpx.get(self.url + "/api/v1/health", timeout=2).status_code == 200:
+                r = httpx.get(self.url + "/api/v1/health", timeout=2)
+                if r.status_code == 200 and (r.json().get("warm_up") or {}).get("state") != "running":
                     return
             except httpx.HTTPError:
                 pass
