@@ -70,6 +70,46 @@ def _time_tflite(path, feed, threads, repeats):
     return times
 
 
+def tflite_row(path, times, **fields):
+    """A result row for a .tflite file timed by _time_tflite (fields: what was measured)."""
+    return {**fields, "runtime": "tflite", "bytes": os.path.getsize(path), "ms": r(median(times), 1),
+            "ms_all": [r(t, 1) for t in times]}
+
+
+def tfjs_runtime(isolated=False):
+    return "tfjs-wasm (chromium, " + ("threads)" if isolated else "one thread, as the /edge/ page)")
+
+
+def tfjs_row(folder, result, isolated=False, **fields):
+    """A result row for the TF.js model in `folder` from its _time_tfjs result (timings or an error)."""
+    row = {**fields, "runtime": tfjs_runtime(isolated),
+           "bytes": sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))}
+    if "error" in result:
+        return {**row, "ms": None, "error": result["error"], "seconds_until_error": result["seconds_until_error"]}
+    runs = result["times_ms"]
+    return {**row, "ms": r(median(runs), 1), "ms_all": [r(t, 1) for t in runs], "first_call_ms": r(result["first_ms"], 1),
+            "load_ms": r(result["load_ms"], 1)}
+
+
+def table(rows, key, unit):
+    """Markdown rows of results (`key`: the field naming the network; `unit`: what a call makes)."""
+    lines = [f"| {key} | parameters | runtime | precision | MB | ms per {unit} |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        ms = f"{row['ms']:.0f}" if row["ms"] is not None else f"fails: {row['error']}"
+        lines.append(f"| {row[key]} | {row['params'] / 1e6:.1f} M | {row['runtime']} | {row['precision']} | "
+                     f"{row['bytes'] / 1e6:.1f} | {ms} |")
+    return lines
+
+
+def add_runtime_arguments(ap):
+    """The options both edge benchmarks take."""
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2, this machine's cores)")
+    ap.add_argument("--precisions", default="float32,float16")
+    ap.add_argument("--runtimes", default="tflite,tfjs", help="tflite, tfjs (the TF.js converter and chromium) or both")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (TF.js)")
+
+
 def _time_tfjs(exports_dir, models, repeats, progress, warmup=1, isolated=False, spec=None):
     """{key: timings or {"error": ...}}: each model in a fresh page, so that one the wasm
     runtime aborts on (it runs out of its 32-bit heap) does not take the others with it.
@@ -130,8 +170,7 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
                 with open(path, "wb") as f:
                     f.write(tflite.convert(fixed, precision))
                 times = _time_tflite(path, {"latents": latents}, threads, repeats)
-                rows.append({"decoder": name, "params": params, "runtime": "tflite", "precision": precision,
-                             "bytes": os.path.getsize(path), "ms": r(median(times), 1), "ms_all": [r(t, 1) for t in times]})
+                rows.append(tflite_row(path, times, decoder=name, params=params, precision=precision))
                 progress(f"  tflite {threads} threads {name:14} {precision:8} {rows[-1]['ms']:10.1f} ms")
             if "tfjs" in runtimes:
                 saved = savedmodel.save(DecoderModule(model, scale, 4, LATENT, batch=None, size=None),
@@ -144,17 +183,9 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
         if tfjs_dirs:
             times, info, browser = _time_tfjs(os.path.join(work, "tfjs"), list(tfjs_dirs), repeats, progress, warmup,
                                               isolated)
-            runtime = "tfjs-wasm (chromium, " + ("threads)" if isolated else "one thread, as the /edge/ page)")
             for key, (name, params, precision) in tfjs_dirs.items():
-                size = sum(os.path.getsize(os.path.join(work, "tfjs", key, f)) for f in os.listdir(os.path.join(work, "tfjs", key)))
-                row = {"decoder": name, "params": params, "runtime": runtime, "precision": precision, "bytes": size}
-                if "error" in times[key]:
-                    row.update(ms=None, error=times[key]["error"], seconds_until_error=times[key]["seconds_until_error"])
-                else:
-                    runs = times[key]["times_ms"]
-                    row.update(ms=r(median(runs), 1), ms_all=[r(t, 1) for t in runs],
-                               first_call_ms=r(times[key]["first_ms"], 1))
-                rows.append(row)
+                rows.append(tfjs_row(os.path.join(work, "tfjs", key), times[key], isolated, decoder=name, params=params,
+                                     precision=precision))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratios = {}
@@ -171,11 +202,7 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
 
 
 def format_table(res):
-    lines = ["| decoder | parameters | runtime | precision | MB | ms per 512 px image |", "| --- | --- | --- | --- | --- | --- |"]
-    for row in res["rows"]:
-        ms = f"{row['ms']:.0f}" if row["ms"] is not None else f"fails: {row['error']}"
-        lines.append(f"| {row['decoder']} | {row['params'] / 1e6:.1f} M | {row['runtime']} | {row['precision']} | "
-                     f"{row['bytes'] / 1e6:.1f} | {ms} |")
+    lines = table(res["rows"], "decoder", "512 px image")
     lines.append("")
     lines.append("TAESD speed-up: " + ", ".join(f"{k} {v}x" for k, v in res["speedup_taesd"].items()))
     return "\n".join(lines)
@@ -183,11 +210,7 @@ def format_table(res):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2, this machine's cores)")
-    ap.add_argument("--precisions", default="float32,float16")
-    ap.add_argument("--runtimes", default="tflite,tfjs", help="tflite, tfjs (the TF.js converter and chromium) or both")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (TF.js)")
+    add_runtime_arguments(ap)
     ap.add_argument("--wasm-threads", action="store_true",
                     help="serve the TF.js page cross-origin isolated (threaded wasm); the /edge/ page is not, and "
                          "there an out-of-memory abort hangs the page instead of failing")

@@ -20,8 +20,8 @@ import shutil
 import tempfile
 import time
 
-from ._common import loadavg, machine_info, median, r, write_json
-from .edge_decoders import _params, _time_tflite, _time_tfjs
+from ._common import loadavg, machine_info, r, write_json
+from .edge_decoders import _params, _time_tflite, _time_tfjs, add_runtime_arguments, table, tfjs_row, tflite_row
 
 DEFAULT_OUT = os.path.join("bench", "results", "edge_text_encoder.json")
 
@@ -50,8 +50,7 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
             with open(path, "wb") as f:
                 f.write(tflite.convert(TextEncoderModule(encoder, batch=1), precision))
             times = _time_tflite(path, {"token_ids": ids}, threads, repeats)
-            rows.append({"component": "text_encoder", "params": params, "runtime": "tflite", "precision": precision,
-                         "bytes": os.path.getsize(path), "ms": r(median(times), 1), "ms_all": [r(t, 1) for t in times]})
+            rows.append(tflite_row(path, times, component="text_encoder", params=params, precision=precision))
             progress(f"  tflite {threads} threads text_encoder {precision:8} {rows[-1]['ms']:10.1f} ms")
         browser = info = None
         if "tfjs" in runtimes:
@@ -64,17 +63,8 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
             spec = {"token_ids": {"dtype": "int32", "shape": [1, length], "max": vocab}}
             times, info, browser = _time_tfjs(os.path.join(work, "tfjs"), keys, repeats, progress, warmup, spec=spec)
             for key, precision in zip(keys, precisions):
-                folder = os.path.join(work, "tfjs", key)
-                row = {"component": "text_encoder", "params": params,
-                       "runtime": "tfjs-wasm (chromium, one thread, as the /edge/ page)", "precision": precision,
-                       "bytes": sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))}
-                if "error" in times[key]:
-                    row.update(ms=None, error=times[key]["error"], seconds_until_error=times[key]["seconds_until_error"])
-                else:
-                    runs = times[key]["times_ms"]
-                    row.update(ms=r(median(runs), 1), ms_all=[r(t, 1) for t in runs],
-                               first_call_ms=r(times[key]["first_ms"], 1), load_ms=r(times[key]["load_ms"], 1))
-                rows.append(row)
+                rows.append(tfjs_row(os.path.join(work, "tfjs", key), times[key], component="text_encoder",
+                                     params=params, precision=precision))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"benchmark": "edge_text_encoder", "tokens": length, "batch": 1, "threads": threads, "repeats": repeats,
@@ -84,21 +74,12 @@ def measure(repeats=3, threads=2, precisions=("float32", "float16"), runtimes=("
 
 
 def format_table(res):
-    lines = ["| component | parameters | runtime | precision | MB | ms per prompt |", "| --- | --- | --- | --- | --- | --- |"]
-    for row in res["rows"]:
-        ms = f"{row['ms']:.0f}" if row["ms"] is not None else f"fails: {row['error']}"
-        lines.append(f"| {row['component']} | {row['params'] / 1e6:.1f} M | {row['runtime']} | {row['precision']} | "
-                     f"{row['bytes'] / 1e6:.1f} | {ms} |")
-    return "\n".join(lines)
+    return "\n".join(table(res["rows"], "component", "prompt"))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2, this machine's cores)")
-    ap.add_argument("--precisions", default="float32,float16")
-    ap.add_argument("--runtimes", default="tflite,tfjs", help="tflite, tfjs (the TF.js converter and chromium) or both")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (TF.js)")
+    add_runtime_arguments(ap)
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     res = measure(args.repeats, args.threads, tuple(args.precisions.split(",")), tuple(args.runtimes.split(",")),
