@@ -77,6 +77,8 @@ def run(args):
     import httpx
     import psutil
 
+    from webapp.launch import is_ready
+
     from .load_test import start_server
 
     proc = None
@@ -93,8 +95,8 @@ def run(args):
                 try:
                     r = client.get(url + "/api/v1/health")
                     warm_up = r.json().get("warm_up") if r.status_code == 200 else None
-                    if r.status_code == 200 and (warm_up or {}).get("state") != "running":
-                        break  # serving, and done compiling at start (models/warm_up.py) if it does
+                    if is_ready(r):
+                        break
                 except httpx.HTTPError:
                     pass
                 if proc is not None and proc.poll() is not None:

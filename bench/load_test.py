@@ -50,15 +50,16 @@ def start_server(port, queue_size, extra=()):
 
 
 async def wait_ready(client, url, proc=None, timeout=300):
-    """Until /health answers and the server's start-up compile (models/warm_up.py) is done, as
-    a readiness probe would: load measured meanwhile would be measuring the compiler."""
+    """Until /health says ready (webapp.launch.is_ready: serving and done compiling at start):
+    load measured meanwhile would be measuring the compiler."""
+    from webapp.launch import is_ready
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("the server exited during start-up")
         try:
-            r = await client.get(url + "/api/v1/health")
-            if r.status_code == 200 and (r.json().get("warm_up") or {}).get("state") != "running":
+            if is_ready(await client.get(url + "/api/v1/health")):
                 return
         except Exception:
             pass

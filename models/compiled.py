@@ -8,10 +8,10 @@ function is traced on its first call for inputs of those dtypes and ranks with e
 open, except the last dimension of a tensor of rank 2 or more (channels, features, token
 count: what the networks' weights fix), so a later call with any other size reuses the graph.
 
-Shape-generic graphs give up what TensorFlow can do with static sizes; the one part of that
-which costs run time here is the choice between the two convolution kernels, which
-models/layers.py makes per layer from a representative call (`plan_convolutions`) instead of
-per call in the graph.
+Shape-generic graphs give up what TensorFlow can do with static sizes. The choices that
+depend on sizes (which convolution kernel, how many attention query chunks) models/layers.py
+fixes per layer from a representative call (`plan_convolutions`) instead of per call in the
+graph; what remains is the graph's shape arithmetic (bench/generic_graphs.py measures it).
 """
 
 from __future__ import annotations

@@ -111,8 +111,8 @@ def recording_conv_plan():
 def plan_convolutions(network, inputs):
     """Trace `network` once on inputs shaped as `inputs` (a representative call: the server's
     default size and batch) so each of its convolutions fixes its kernel for shape-generic
-    graphs (and each attention its query chunks). Traced, not run: running the SD v1 decoder eagerly at 512 px took 10 s and its
-    activations a GB more at the server's start."""
+    graphs (and each attention its query chunks). Traced, not run: running the SD v1 decoder
+    eagerly at 512 px took 10 s and its activations a GB more at the server's start."""
     import gc
 
     specs = tf.nest.map_structure(lambda x: tf.TensorSpec(x.shape, x.dtype), inputs)
@@ -149,7 +149,7 @@ class Conv2D(keras.layers.Conv2D):
         return conv_as_matmul(inputs, kernel, self.strides, pads) if small else super().convolution_op(inputs, kernel)
 
     def _out_pixels(self, h, w, pads):
-        """Output pixels per image for input sides h, w (ints, or scalar tensors)."""
+        """Output pixels per image for input sides h, w."""
         (k_h, k_w), (s_h, s_w) = self.kernel_size, self.strides
         return ((h + sum(pads[0]) - k_h) // s_h + 1) * ((w + sum(pads[1]) - k_w) // s_w + 1)
 

@@ -14,10 +14,10 @@ at most the task in progress, not for the whole list. The default scheduler come
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from .sampling import BLEND, CONCAT, NO_INPAINT
@@ -98,20 +98,13 @@ def warm_up_tasks(pipe, schedulers=None) -> list:
     return tasks
 
 
-def warm_up(pipe, schedulers=None, lock=None, should_stop=None) -> list:
-    """Run warm_up_tasks one by one (each under `lock` when given) -> [(label, seconds)].
-    `should_stop()` true ends it early (a server shutting down)."""
-    import contextlib
-
+def warm_up(pipe, schedulers=None, lock=None) -> list:
+    """Run warm_up_tasks one by one (each under `lock` when given) -> [(label, seconds)]."""
     done = []
     for label, fn in warm_up_tasks(pipe, schedulers):
-        if should_stop is not None and should_stop():
-            break
         with lock if lock is not None else contextlib.nullcontext():
             start = time.perf_counter()
             fn()
             done.append((label, time.perf_counter() - start))
         log.debug("warm-up: %s %.2f s", label, done[-1][1])
-    total = float(np.sum([s for _, s in done])) if done else 0.0
-    log.info("warm-up: %d compiled pieces in %.1f s", len(done), total)
     return done

@@ -14,6 +14,12 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def is_ready(health) -> bool:
+    """Whether a /api/v1/health answer says the server is ready, as a readiness probe reads it:
+    serving (200) and not compiling at start (models/warm_up.py)."""
+    return health.status_code == 200 and (health.json().get("warm_up") or {}).get("state") != "running"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -29,7 +35,6 @@ class ServerProcess:
         with what they measure); True waits until its start-up compile is done, as a readiness
         probe would."""
         self.name, self.port = name, free_port()
-        self.warm_up = warm_up
         if not warm_up:
             args = (*args, "--no-warm-up")
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,8 +56,7 @@ class ServerProcess:
                 self.log.seek(0)
                 raise RuntimeError(f"server {self.name} exited: {self.log.read()[-2000:]}")
             try:
-                r = httpx.get(self.url + "/api/v1/health", timeout=2)
-                if r.status_code == 200 and (r.json().get("warm_up") or {}).get("state") != "running":
+                if is_ready(httpx.get(self.url + "/api/v1/health", timeout=2)):
                     return
             except httpx.HTTPError:
                 pass
