@@ -7,6 +7,7 @@ opaque TensorFlow error, or silently as a wrong image).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import secrets
@@ -131,6 +132,9 @@ class StableDiffusionPipeline:
             self.clip_skip = clip_skip
         self._traced = {}  # network name -> its compiled call (dropped when the network is swapped)
         self.preview_decoder, self.preview_config = None, None  # a TAESD for previews (set_preview_decoder)
+        # set by a server running several requests at once: their loops' UNet calls are shared
+        # (models/step_batcher.py); None: each loop calls the UNet itself
+        self.step_batcher = None
 
     def _compiled(self, name):
         """The network's compiled call: every public primitive runs a graph, never op by op (an
@@ -305,6 +309,10 @@ class StableDiffusionPipeline:
         model. Only the weights whose update changes are rewritten; nothing is retraced."""
         return self._loras.set(loras)
 
+    def normalized_loras(self, loras) -> list:
+        """The set as `active_loras` writes it: [(name as loaded, scale)], in the given order."""
+        return self._loras.normalized(loras)
+
     def unload_loras(self, names=None):
         """Forget these LoRAs (default: all) and restore the weights they changed, bit for bit."""
         self._loras.unload(names)
@@ -454,15 +462,20 @@ class StableDiffusionPipeline:
             "loras": self.loaded_loras,  # {name: description}; models.chain checks request names against it
         }
 
-    # A request's own LoRA set (models.chain passes one): held for the stage call, then the
-    # previous set comes back for a Python caller; a server sets restore_loras = False, so the
-    # next request that asks for the same set (the common case) switches nothing.
+    # A request's own LoRA set (models.chain passes one): held for the stage call (the LoRA lock
+    # keeps other threads from switching it), then the previous set comes back for a Python
+    # caller. A server sets restore_loras = False: the set stays, so the next request asking for
+    # it (the common case) switches nothing, and the server itself keeps requests in flight from
+    # switching it (webapp.weights_lease), so several can run on one set at once.
     restore_loras = True
 
     def _lora_block(self, loras):
-        import contextlib
-
-        return contextlib.nullcontext() if loras is None else self.loras_applied(loras, restore=self.restore_loras)
+        if loras is None:
+            return contextlib.nullcontext()
+        if not self.restore_loras:
+            self.set_loras(loras)
+            return contextlib.nullcontext()
+        return self.loras_applied(loras)
 
     def encode_prompts(self, prompts, check=None, loras=None) -> Encoded:
         """`loras`: [(name, scale)] to encode with (None: the active set)."""
@@ -500,16 +513,19 @@ class StableDiffusionPipeline:
         text-encoder LoRA the request asks for."""
         if loras is None and context_loras is None:
             return self._diffuse(context, unconditional_context, **options)
-        from .checkpoints.assemble import is_loaded
-
-        applied = chain.check_context_loras(loras, context_loras, self.loaded_loras,
-                                            has_unconditional=unconditional_context is not None,
-                                            hosts_text_encoder=is_loaded(self.text_encoder))
+        applied = self.diffusion_loras(loras, context_loras, has_unconditional=unconditional_context is not None)
         with self._lora_block(applied):
             gen = self._diffuse(context, unconditional_context, **options)
         if applied:
             gen.parameters["loras"] = [[n, s] for n, s in applied]
         return gen
+
+    def diffusion_loras(self, loras, context_loras, *, has_unconditional: bool) -> list:
+        """The LoRA set `diffuse` applies for these (models.chain.check_context_loras)."""
+        from .checkpoints.assemble import is_loaded
+
+        return chain.check_context_loras(loras, context_loras, self.loaded_loras, has_unconditional=has_unconditional,
+                                         hosts_text_encoder=is_loaded(self.text_encoder))
 
     def _diffuse(self, context, unconditional_context=None, *, seed=None, steps=20, guidance_scale=7.5,
                  scheduler=None, height=None, width=None, image_latents=None, mask=None, masked_image_latents=None,
@@ -602,7 +618,9 @@ class StableDiffusionPipeline:
                          tf.constant(init_latents), args["noise"])
         if callback is None and check is None:
             x = loop.run(x, start=tf.constant(start, tf.int32), **args)
-        else:
+            return Diffused(x.numpy(), [seed + k for k in range(batch_size)], params)
+        batcher = self.step_batcher
+        with batcher.joined() if batcher is not None else contextlib.nullcontext():
             state = loop.scheduler.initial_state(x)
             with_x0 = callback is not None and _takes_x0(callback)
             for i in range(start, steps):
@@ -640,12 +658,19 @@ class StableDiffusionPipeline:
         if key not in self._loops:
             sched = get_scheduler(scheduler, self.components.schedule)
             # `step` calls one compiled UNet shared by every loop (models/sampling.py), made on first use
-            self._loops[key] = DenoiseLoop(self.unet, sched, mode, jit_compile=self.jit_compile,
-                                           guidance_batching=self.guidance_batching,
-                                           conditional_only=bool(conditional_only),
-                                           unet_call=lambda inputs: self._compiled("unet")(*inputs),
-                                           guided_call=lambda *a: self._compiled_guided()(*a), shape_generic=True)
+            loop = DenoiseLoop(self.unet, sched, mode, jit_compile=self.jit_compile,
+                               guidance_batching=self.guidance_batching, conditional_only=bool(conditional_only),
+                               unet_call=self._unet_conditional, guided_call=self._unet_guided, shape_generic=True)
+            self._loops.setdefault(key, loop)  # server threads may race here: one loop per key wins
         return self._loops[key]
+
+    def _unet_conditional(self, inputs):
+        batcher = self.step_batcher
+        return batcher.conditional(inputs) if batcher is not None else self._compiled("unet")(*inputs)
+
+    def _unet_guided(self, *inputs):
+        batcher = self.step_batcher
+        return batcher.guided(*inputs) if batcher is not None else self._compiled_guided()(*inputs)
 
     def generate(self, prompt, negative_prompt=None, num_steps: int = 20, guidance_scale: float = 7.5,
                  seed: int | None = None, scheduler: str = DEFAULT_SCHEDULER, height: int | None = None,

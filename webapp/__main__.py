@@ -43,6 +43,8 @@ def parse_args(argv=None):
                    "(default $SD_CORS_ORIGINS; none)")
     p.add_argument("--token-env", default="SD_API_TOKEN", help="environment variable holding the API token")
     p.add_argument("--concurrency", type=int, default=None, help="model runs at once (default: one per GPU, 1 on CPU)")
+    p.add_argument("--batch-requests", type=int, default=None, help="requests that may denoise at once, their "
+                   "steps sharing UNet calls of at most --max-batch images (default 8; 1: one at a time)")
     p.add_argument("--queue-size", type=int, default=None, help="requests that may wait (default 16)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per request (default 300)")
     p.add_argument("--max-body-mb", type=float, default=None, help="request body limit (default 32)")
@@ -58,7 +60,7 @@ def config_from_args(args):
     from .limits import Limits
     from .server import Config
 
-    limits = Limits.from_env(concurrency=args.concurrency, queue_size=args.queue_size, timeout_s=args.timeout,
+    limits = Limits.from_env(concurrency=args.concurrency, batch_requests=args.batch_requests, queue_size=args.queue_size, timeout_s=args.timeout,
                              max_body_bytes=int(args.max_body_mb * 2**20) if args.max_body_mb else None,
                              max_steps=args.max_steps, max_batch=args.max_batch, max_side=args.max_side)
     return Config(model=args.model, unet=args.unet, models_dir=args.models_dir, loras_dir=args.loras_dir,

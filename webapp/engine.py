@@ -9,6 +9,7 @@ same image for the same seed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -99,22 +100,35 @@ def lora_listing(description: dict) -> dict:
 
 
 class LocalEngine:
-    """All four stages on one in-process pipeline. Thread-safe: one model run at a time, and
-    each prompt encoding and denoising loop runs inside `pipe.loras_applied(its request's set)`
-    (the base model, [], when the request names none), so requests never see each other's LoRAs."""
+    """All four stages on one in-process pipeline. Thread-safe: one network call at a time
+    (`lock`); requests in flight share one set of weights (the diffusion model and the LoRA
+    set, webapp.weights_lease: a request wanting others waits, then switches), so requests
+    never see each other's LoRAs or models.
+
+    `batch_requests` > 1: that many requests may denoise at once, their steps sharing UNet
+    calls of at most `max_rows` images (models/step_batcher.py); 1: one loop at a time."""
 
     remote = False
 
     def __init__(self, pipe, *, base_name: str | None = None, models_dir: str | None = None,
-                 loras_dir: str | None = None):
+                 loras_dir: str | None = None, batch_requests: int = 1, max_rows: int = 8):
+        from .weights_lease import WeightsLease
+
         self.pipe = pipe
         self.base_name = base_name or pipe.components.name
         self.models_dir = models_dir
         self.current = self.base_name
         self._unets = {self.base_name: pipe.unet}
         self.lock = threading.RLock()
+        self.weights = WeightsLease(self._weights_state, self._switch_weights)
         self._warm_up = {"state": "off"}
         pipe.restore_loras = False  # a request's set stays until one asks for another: repeats cost nothing
+        self.batch_requests = max(1, int(batch_requests))
+        if self.batch_requests > 1 and "unet" in pipe.info().get("loaded_networks", ()):
+            from models.step_batcher import StepBatcher
+
+            pipe.step_batcher = StepBatcher(lambda *a: pipe._compiled_guided()(*a),
+                                            lambda *a: pipe._compiled("unet")(*a), max_rows=max_rows, lock=self.lock)
         if loras_dir:
             self.load_loras_dir(loras_dir)
 
@@ -138,6 +152,11 @@ class LocalEngine:
 
         self._warm_up = {"state": "running"}
         threading.Thread(target=run, name="warm-up", daemon=True).start()
+
+    def batching_status(self) -> dict:
+        """{"batch_requests", and with a step batcher its counts: UNet calls, requests per call}."""
+        batcher = self.pipe.step_batcher
+        return {"batch_requests": self.batch_requests, **(batcher.stats() if batcher is not None else {})}
 
     def warm_up_status(self) -> dict:
         """{"state": "off" | "running" | "done" | "failed", ...} for /health."""
@@ -165,26 +184,54 @@ class LocalEngine:
         return [self.base_name, *[n for n in find_unets(self.models_dir) if n != self.base_name]]
 
     def use_model(self, name: str | None):
-        """Swap in the named diffusion model (only the UNet changes). Names are checked
-        against the models directory listing; nothing else reaches the file system."""
+        """Swap in the named diffusion model (only the UNet changes) once no request in flight
+        uses the current one. Names are checked against the models directory listing; nothing
+        else reaches the file system."""
         if name is None or name == "" or name == self.current:
             return
+        with self.weights.hold(model=name):
+            pass
+
+    def _weights_state(self) -> dict:
+        return {"model": self.current, "loras": tuple(self.pipe.active_loras)}
+
+    def _switch_weights(self, wanted: dict):
+        """The weights lease's switch (nobody holds the lease): the model, then the LoRA set."""
+        if "model" in wanted and wanted["model"] != self.current:
+            self._swap_model(wanted["model"])
+        if "loras" in wanted:
+            with self.lock:
+                self.pipe.set_loras(list(wanted["loras"]))
+
+    def _lora_key(self, loras) -> tuple:
+        """A LoRA set as the weights lease compares them, in the request's order, which is the
+        merge's (the same LoRAs in another order are merged anew)."""
+        return tuple(self.pipe.normalized_loras(loras or ()))
+
+    def _model_path(self, name: str) -> str | None:
+        """The file of a fine-tuned model in the models folder (None: the base); an unknown name is a 404."""
+        if name == self.base_name:
+            return None
+        paths = find_unets(self.models_dir)
+        if name not in paths:
+            raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {self.model_names()}")
+        return paths[name]
+
+    def _swap_model(self, name: str):
         with self.lock:
-            if name == self.base_name:
+            path = self._model_path(name)
+            if path is None:
                 unet = self._unets[name]
             else:
-                paths = find_unets(self.models_dir)
-                if name not in paths:
-                    raise ApiError(404, "unknown_model", f"unknown model {name!r}; available: {self.model_names()}")
                 unet = self._unets.get(name)
                 if unet is None:
                     from models.loading import load_unet
 
                     try:
-                        unet = load_unet(paths[name])
+                        unet = load_unet(path)
                     except Exception as e:  # a broken file in the models dir is the operator's problem:
                         # the details (with server paths) go to the log, not to the client
-                        log.warning("model %r (%s) could not be loaded: %s", name, paths[name], e)
+                        log.warning("model %r (%s) could not be loaded: %s", name, path, e)
                         raise ApiError(409, "model_unloadable", f"model {name!r} could not be loaded "
                                        f"({type(e).__name__}); the server log has the details") from None
                     if len(self._unets) > 3:  # keep the base and a few recent fine-tunes
@@ -213,18 +260,24 @@ class LocalEngine:
     # -- the four stages (models.stages.Stages), one model run at a time ---------------------
     def encode_prompts(self, prompts: list, check=None, loras=None) -> Encoded:
         """`loras`: the request's [(name, scale)] (None: none, the base text encoder)."""
-        with self.lock:
+        with self.weights.hold(loras=self._lora_key(loras)), self.lock:
             return self.pipe.encode_prompts(list(prompts), check=check, loras=list(loras or ()))
 
     def diffuse(self, context, unconditional_context=None, *, model=None, loras=None, context_loras=None,
                 **options) -> Diffused:
         """As the pipeline's, on the named diffusion model of the models folder (None: the base),
-        with the request's UNet LoRAs (None: none) after the pipeline checked `context_loras`."""
-        with self.lock:
-            self.use_model(model or self.base_name)
-            gen = self.pipe.diffuse(context, unconditional_context, loras=list(loras or ()),
-                                    context_loras=list(context_loras or ()), **options)
-        gen.parameters["model"] = self.current
+        with the request's UNet LoRAs (None: none) after the pipeline checked `context_loras`.
+        With a step batcher the loop runs outside the lock (each shared UNet call takes it), so
+        the loops of requests in flight step together."""
+        name = model or self.base_name
+        self._model_path(name)  # an unknown name is refused before it waits for the weights
+        loras, context_loras = list(loras or ()), list(context_loras or ())
+        applied = self.pipe.diffusion_loras(loras, context_loras, has_unconditional=unconditional_context is not None)
+        with self.weights.hold(model=name, loras=self._lora_key(applied)) as state:
+            with contextlib.nullcontext() if self.pipe.step_batcher is not None else self.lock:
+                gen = self.pipe.diffuse(context, unconditional_context, loras=loras, context_loras=context_loras,
+                                        **options)
+        gen.parameters["model"] = state["model"]
         return gen
 
     def decode(self, latents, check=None) -> np.ndarray:

@@ -37,6 +37,9 @@ class Limits:
     check_* methods, so a limit cannot be skipped by choosing the other door."""
 
     concurrency: int = 0  # 0: default_concurrency()
+    # requests that may denoise at once on a server running the diffusion model, their steps
+    # sharing UNet calls of at most max_batch images (models/step_batcher.py); 1: one at a time
+    batch_requests: int = 8
     queue_size: int = 16  # waiting requests beyond the running ones
     timeout_s: float = 300.0  # per request, waiting included
     max_body_bytes: int = 32 * 1024 * 1024
@@ -114,9 +117,10 @@ class Job:
 class Gate:
     """Admission control + the worker pool. `await gate.run(fn, request)` -> fn(job)."""
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits, at_least: int = 1):
+        """`at_least`: workers the engine can use at once (a step-batching engine's batch_requests)."""
         self.limits = limits
-        self.concurrency = limits.concurrency or default_concurrency()
+        self.concurrency = max(limits.concurrency or default_concurrency(), at_least)
         self.pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="model")
         self.admitted = 0  # running + waiting
         self.running = 0

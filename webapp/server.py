@@ -68,7 +68,7 @@ class Server:
         self.engine = engine or self._make_engine()
         if engine is not None and config.loras_dir:
             engine.load_loras_dir(config.loras_dir)
-        self.gate = Gate(self.limits)
+        self.gate = Gate(self.limits, at_least=getattr(self.engine, "batch_requests", 1))
         if config.warm_up and hasattr(self.engine, "start_warm_up"):
             self.engine.start_warm_up()
         token = config.token if config.token is not None else auth.token_from_env()
@@ -103,7 +103,8 @@ class Server:
         pipe = load_pipeline(c.model, unet=c.unet, parts=NETWORKS[c.component],
                              taesd=c.taesd if c.component == "all" else None)
         name = os.path.basename(os.path.normpath(c.model)) if c.model != "tiny" else "tiny"
-        return LocalEngine(pipe, base_name=name, models_dir=c.models_dir, loras_dir=c.loras_dir)
+        return LocalEngine(pipe, base_name=name, models_dir=c.models_dir, loras_dir=c.loras_dir,
+                           batch_requests=self.limits.batch_requests, max_rows=self.limits.max_batch)
 
     def exports_manifest(self) -> str | None:
         d = self.exports_dir()

@@ -140,10 +140,16 @@ class LoraMerger:
                 del self._loaded[n]
 
     # -- the active set ----------------------------------------------------------------
+    def normalized(self, loras) -> list:
+        """[(name as loaded, scale)] for [(name, scale)] or names (at 1.0): what `active` will say
+        once `set(loras)` ran. An unknown name is InvalidInput("unknown_lora")."""
+        with self._lock:
+            return lookup_loras(_pairs(loras), self._loaded)
+
     def set(self, loras) -> list:
         """Make exactly these [(name, scale)] (or names, at 1.0) active; [] restores the base."""
         with self._lock:
-            wanted = lookup_loras(_pairs(loras), self._loaded)
+            wanted = self.normalized(loras)
             self._apply(wanted)
             return list(self._active)
 

@@ -18,6 +18,8 @@ async def health(server=Depends(current_server)):
     body = {"status": "ok", "component": server.component, "queue": server.gate.stats()}
     if hasattr(server.engine, "warm_up_status"):  # compiling at start (models/warm_up.py): served meanwhile
         body["warm_up"] = server.engine.warm_up_status()
+    if hasattr(server.engine, "batching_status"):  # requests sharing UNet calls (models/step_batcher.py)
+        body["batching"] = server.engine.batching_status()
     if getattr(server.engine, "remote", False):  # a front end is up only when its stage servers are
         body["upstreams"] = await server.engine.upstream_health()
         if any(u["status"] != "ok" for u in body["upstreams"].values()):
