@@ -57,8 +57,8 @@ class StepBatcher:
         self._pending: list[_Call] = []
         self._active = 0
         self._worker = None
-        self.calls = 0  # UNet calls run
         self.requests_per_call = {}  # {loops sharing a call: how many calls}
+        self.busy_s = 0.0  # time in UNet calls (the lock's wait included)
 
     # -- what a loop calls ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -84,7 +84,8 @@ class StepBatcher:
             shares = dict(sorted(self.requests_per_call.items()))
         calls = sum(shares.values())
         mean = sum(k * v for k, v in shares.items()) / calls if calls else None
-        return {"unet_calls": calls, "requests_per_call": shares, "mean_requests_per_call": mean}
+        return {"unet_calls": calls, "requests_per_call": shares, "mean_requests_per_call": mean,
+                "unet_seconds": round(self.busy_s, 3)}
 
     def _submit(self, kind, inputs):
         call = _Call(kind, inputs)
@@ -110,6 +111,7 @@ class StepBatcher:
                     self._cond.wait(left)
                 group = self._take()
                 self.requests_per_call[len(group)] = self.requests_per_call.get(len(group), 0) + 1
+            start = time.perf_counter()
             try:
                 with self._lock:
                     results = self._run(group)
@@ -118,6 +120,7 @@ class StepBatcher:
             except BaseException as e:  # every loop in the call gets the error; the worker goes on
                 for call in group:
                     call.error = e
+            self.busy_s += time.perf_counter() - start
             for call in group:
                 call.done.set()
 

@@ -95,7 +95,8 @@ class Server:
             from .split_client import RemoteEngine
 
             return RemoteEngine(c.text_encoder_url, c.diffusion_url, c.decoder_url, token=auth.token_from_env(),
-                                dtype=c.split_dtype, timeout_s=self.limits.timeout_s + 30)
+                                dtype=c.split_dtype, timeout_s=self.limits.timeout_s + 30,
+                                batch_requests=self.limits.batch_requests)
         from models import load_pipeline
 
         from .engine import LocalEngine

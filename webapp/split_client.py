@@ -37,7 +37,10 @@ class RemoteEngine:
     remote = True
 
     def __init__(self, text_encoder_url: str, diffusion_url: str, decoder_url: str, *, token: str | None = None,
-                 dtype: str = "float32", timeout_s: float = 600.0):
+                 dtype: str = "float32", timeout_s: float = 600.0, batch_requests: int = 1):
+        # requests this front end runs at once: as many as its diffusion server may batch
+        # (its --batch-requests), so their denoising steps can share UNet calls there
+        self.batch_requests = max(1, int(batch_requests))
         self.urls = {"text_encoder": text_encoder_url.rstrip("/"), "diffusion": diffusion_url.rstrip("/"),
                      "decoder": decoder_url.rstrip("/")}
         self.dtype = dtype
