@@ -20,6 +20,11 @@ Variants (each in its own subprocess, so that peak RSS figures do not mix):
   diffusers  diffusers.UNet2DConditionModel with the same config (torch CPU, eval,
              inference_mode, torch threads = CPU count), one batch-2 call per step + DDIMScheduler
 
+  openvino, openvino_bf16, openvino_ours (only when named in --variants; `pip install
+             openvino`): OpenVINO's CPU plugin runs the UNet inside the diffusers variant's DDIM
+             loop, converted with ov.convert_model from the diffusers UNet at float32 / bfloat16
+             inference precision, or from our own TensorFlow graph (float32)
+
 Each variant also reports `unet_call_ms`: one bare UNet forward at the batch the loop uses
 (2 for ours/diffusers, 1 for KerasCV), to show how much of a step is loop overhead.
 
@@ -43,7 +48,13 @@ from . import _common as C
 VARIANTS = ("ours", "ours_xla", "ours_bf16", "kerascv", "diffusers")
 # Further variants, run only when named in --variants: guidance as one batch-2 call in float32
 # (what "auto" avoids on CPUs), XLA + bfloat16, and mixed_bfloat16 (float32 weights cast per call).
-EXPERIMENTS = ("ours_batched", "ours_xla_batched", "ours_xla_bf16", "ours_mixed_bf16")
+EXPERIMENTS = ("ours_batched", "ours_xla_batched", "ours_xla_bf16", "ours_mixed_bf16",
+               "openvino", "openvino_bf16", "openvino_ours")
+# OpenVINO variants (`pip install openvino`): the diffusers UNet (the diffusers variant's weights
+# and loop) converted with ov.convert_model and compiled for the CPU at float32 / bfloat16
+# inference precision (OpenVINO's default on a CPU with AMX or AVX-512 BF16 is bfloat16), and
+# our own TensorFlow graph converted the same way (float32): what OpenVINO as our runtime would give.
+OPENVINO = {"openvino": ("diffusers", "f32"), "openvino_bf16": ("diffusers", "bf16"), "openvino_ours": ("ours", "f32")}
 ALL_VARIANTS = VARIANTS + EXPERIMENTS
 # What each of our variants is: (jit_compile, guidance_batching, Keras dtype policy)
 OURS = {
@@ -56,6 +67,7 @@ OURS = {
     "ours_mixed_bf16": (False, "batched", "mixed_bfloat16"),
 }
 TARGETS = {"ours_over_kerascv": 0.8, "ours_over_diffusers": 1.0}
+PEERS = ("kerascv", "diffusers", "openvino", "openvino_bf16", "openvino_ours")  # what ours is divided by
 CONTEXT_LEN = 77
 GUIDANCE = 7.5
 
@@ -337,6 +349,101 @@ def measure_diffusers(size, steps, repeats, tiny=False, threads=None):
     return _finish(result, t_start)
 
 
+def _openvino_model(source, cfg, lat, tiny):
+    """(ov.Model, how it was made, parameters): the diffusers UNet (seed-0 torch weights, as the diffusers
+    variant) or our UNet's graph (seed-0 Keras weights, as ours), at the loop's fixed shapes."""
+    import openvino as ov
+
+    shapes = ([2, cfg.in_channels, lat, lat], [2], [2, CONTEXT_LEN, cfg.cross_attention_dim])
+    if source == "diffusers":
+        import torch
+        from diffusers import UNet2DConditionModel
+
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**diffusers_kwargs(cfg)).eval()
+
+        class Sample(torch.nn.Module):  # the tensor, not diffusers' output dataclass
+            def __init__(self, unet):
+                super().__init__()
+                self.unet = unet
+
+            def forward(self, x, t, ctx):
+                return self.unet(x, t, encoder_hidden_states=ctx).sample
+
+        example = tuple(torch.randn(s) for s in shapes)
+        with torch.inference_mode():
+            params = sum(p.numel() for p in unet.parameters())
+            return ov.convert_model(Sample(unet), example_input=example), "diffusers UNet2DConditionModel, NCHW", params
+    import keras
+    import tensorflow as tf
+
+    from models.layers import plan_convolutions
+    from models.unet import UNet
+
+    keras.utils.set_random_seed(0)
+    unet = UNet(cfg)
+    nhwc = [tf.zeros([2, lat, lat, cfg.in_channels]), tf.fill([2], 500.0), tf.zeros(shapes[2])]
+    plan_convolutions(unet, nhwc)  # the CPU kernels our generic graphs use (matmul convolutions)
+    fn = tf.function(lambda x, t, c: unet([x, t, c], training=False))
+    concrete = fn.get_concrete_function(*(tf.TensorSpec(v.shape) for v in nhwc))
+    return ov.convert_model(concrete), "our UNet's TensorFlow graph, NHWC", unet.count_params()
+
+
+def measure_openvino(size, steps, repeats, tiny=False, variant="openvino"):
+    """OpenVINO's CPU plugin running the UNet, inside the diffusers variant's DDIM loop."""
+    t_start = time.perf_counter()
+    import numpy as np
+    import openvino as ov
+    import torch
+    from diffusers import DDIMScheduler
+
+    source, precision = OPENVINO[variant]
+    cfg = C.configs(tiny)["unet"]
+    lat = size // 8
+    threads = os.cpu_count()
+    result = {"variant": variant, "loadavg_start": C.loadavg(), "openvino": ov.__version__,
+              "inference_precision": precision, "threads": threads}
+    (model, result["model"], params), build_s = C.timed(lambda: _openvino_model(source, cfg, lat, tiny))
+    result.update(build_s=C.r(build_s, 2), params_m=C.r(params / 1e6, 1))
+    result["rss_after_build_gb"] = C.r(C.rss_gb())
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                     "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    nhwc = source == "ours"
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, cfg.in_channels, lat, lat, generator=g)
+    ctx = torch.randn(2, CONTEXT_LEN, cfg.cross_attention_dim, generator=g).numpy()  # [uncond; cond]
+
+    def unet(x, t):
+        x = x.numpy()
+        if nhwc:
+            x = x.transpose(0, 2, 3, 1)
+        out = request.infer([x, np.full([2], float(t), np.float32), ctx])[0]
+        return torch.from_numpy(out.transpose(0, 3, 1, 2) if nhwc else out)
+
+    def loop(n):
+        sched.set_timesteps(n)
+        latents = x0 * sched.init_noise_sigma
+        for t in sched.timesteps:
+            eps_uncond, eps_text = unet(sched.scale_model_input(torch.cat([latents] * 2), t), t).chunk(2)
+            latents = sched.step(eps_uncond + GUIDANCE * (eps_text - eps_uncond), t, latents).prev_sample
+        return latents
+
+    with torch.inference_mode():
+        _, first = C.timed(lambda: loop(min(2, steps)))
+        result["first_call_s"] = C.r(first, 2)
+        result["rss_after_warmup_gb"] = C.r(C.rss_gb())
+        outs = []
+        per_step = _repeat(lambda: outs.append(loop(steps)), repeats, steps)
+        result["output_finite"] = bool(torch.isfinite(outs[-1]).all())
+        x2 = torch.cat([x0, x0])
+        unet_s = _repeat(lambda: unet(x2, 500), repeats)
+    result.update(_step_stats(per_step, unet_s))
+    return _finish(result, t_start)
+
+
 def measure(variant, size, steps, repeats, tiny=False, quiet_wait=None):
     """One variant's result dict. `quiet_wait`: seconds to wait for a quiet machine before each
     timed run (default 20, or 0 with `tiny`)."""
@@ -347,6 +454,8 @@ def measure(variant, size, steps, repeats, tiny=False, quiet_wait=None):
         return measure_kerascv(size, steps, repeats, tiny)
     if variant == "diffusers":
         return measure_diffusers(size, steps, repeats, tiny)
+    if variant in OPENVINO:
+        return measure_openvino(size, steps, repeats, tiny, variant)
     raise ValueError(f"unknown variant {variant!r}; choose from {ALL_VARIANTS}")
 
 
@@ -385,7 +494,7 @@ def summarize(results, meta):
     ours_names = [v for v in ALL_VARIANTS if v.startswith("ours") and v in results]
     ratios = {}
     for ours in ours_names:
-        for other in ("kerascv", "diffusers"):
+        for other in PEERS:
             if ms(ours) and ms(other):
                 ratios[f"{ours}_over_{other}"] = C.r(ms(ours) / ms(other))
     def ms_min(v):
@@ -396,7 +505,7 @@ def summarize(results, meta):
 
     ratios_min, ratios_cpu = {}, {}
     for ours in ours_names:
-        for other in ("kerascv", "diffusers"):
+        for other in PEERS:
             if ms_min(ours) and ms_min(other):
                 ratios_min[f"{ours}_over_{other}"] = C.r(ms_min(ours) / ms_min(other))
             if ms_cpu(ours) and ms_cpu(other):
@@ -456,6 +565,9 @@ def format_table(summary):
     if any(v in res for v in EXPERIMENTS):
         lines.append("ours_batched: float32 with guidance as one batch-2 call (the pipeline's choice on GPUs); "
                      "ours_mixed_bf16: float32 weights cast to bfloat16 per call")
+    if any(v in res for v in OPENVINO):
+        lines.append("openvino*: OpenVINO's CPU plugin on the diffusers UNet (f32 / bf16 inference precision) "
+                     "or on our TensorFlow graph (openvino_ours), in the diffusers DDIM loop")
     lines.append("cores own/others: median CPU cores used by the variant / by other processes while timed")
     if summary.get("contended_variants"):
         lines.append(f"WARNING: no clean run for {summary['contended_variants']}: their ms/step is contended")

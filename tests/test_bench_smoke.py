@@ -44,6 +44,17 @@ def test_unet_step_diffusers_tiny():
     assert res["torch_threads"] >= 1
 
 
+@pytest.mark.parametrize("variant", ["openvino", "openvino_ours"])
+def test_unet_step_openvino_tiny(variant):
+    pytest.importorskip("openvino")
+    pytest.importorskip("diffusers")
+    from bench.unet_step import measure
+
+    res = measure(variant, 64, steps=2, repeats=1, tiny=True)
+    _check_step_result(res, variant, 1)
+    assert res["inference_precision"] == "f32" and res["model"]
+
+
 def test_unet_step_kerascv_refuses_tiny():
     from bench.unet_step import measure
 
