@@ -140,6 +140,38 @@ def test_a_late_loop_does_not_stall_the_others_beyond_the_wait():
         assert not errors and len(out) == 1 and time.monotonic() - t0 < 5
 
 
+def test_requests_whose_loops_end_together_decode_in_one_call():
+    calls = []
+
+    def decode(z):
+        calls.append(int(z.shape[0]))
+        return z * 2.0
+
+    batcher = StepBatcher(fake_guided, fake_conditional, decode_fn=decode, max_rows=8, max_wait_s=5, decode_wait_s=5)
+    out = {}
+    barrier = threading.Barrier(3)
+
+    def request(k):
+        with batcher.joined():
+            barrier.wait()
+            batcher.guided(*inputs(k))  # the last step, shared
+        out[k] = batcher.decode(tf.fill([1 + k % 2, 4, 4, 2], float(k)))
+
+    threads = [threading.Thread(target=request, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert calls == [4], "the three requests' latents went through the decoder as one call"
+    for k in range(3):
+        np.testing.assert_array_equal(out[k].numpy(), np.full([1 + k % 2, 4, 4, 2], 2.0 * k, np.float32))
+    stats = batcher.stats()
+    assert stats["decodes_per_call"] == {3: 1} and stats["requests_per_call"] == {3: 1}
+    t0 = time.monotonic()
+    batcher.decode(tf.zeros([1, 4, 4, 2]))  # alone, no loop just ended: no wait
+    assert time.monotonic() - t0 < 2
+
+
 # -- the weights lease ----------------------------------------------------------------------------
 
 def test_lease_switches_only_when_nobody_holds_it_first_come_first_served():
@@ -210,6 +242,7 @@ def engine(tmp_path_factory):
     save({k: (v * 4 if k.endswith("up.weight") else v) for k, v in sd.items()}, d / "ink.safetensors")
     eng = LocalEngine(pipe, base_name="tiny", loras_dir=str(d), batch_requests=8, max_rows=8)
     eng.pipe.step_batcher.max_wait_s = 1.0  # in a test, wait for every loop in flight: sharing is certain
+    eng.pipe.step_batcher.decode_wait_s = 1.0
     return eng
 
 
@@ -295,3 +328,5 @@ def test_the_server_batches_rest_requests_and_reports_it(engine):
     assert after["batch_requests"] == 8
     new_calls = after["unet_calls"] - before["unet_calls"]
     assert new_calls < 4 * 10, f"{new_calls} UNet calls for 4 requests of 10 steps: nothing was shared"
+    decodes = after["decode_calls"] - before["decode_calls"]
+    assert decodes < 4, f"{decodes} decoder calls for 4 requests that ended together"

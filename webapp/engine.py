@@ -130,8 +130,10 @@ class LocalEngine:
         if self.batch_requests > 1 and "unet" in pipe.info().get("loaded_networks", ()):
             from models.step_batcher import StepBatcher
 
+            decode = (lambda z: pipe._decode(z)) if "decoder" in pipe.info().get("loaded_networks", ()) else None
             pipe.step_batcher = StepBatcher(lambda *a: pipe._compiled_guided()(*a),
-                                            lambda *a: pipe._compiled("unet")(*a), max_rows=max_rows, lock=self.lock)
+                                            lambda *a: pipe._compiled("unet")(*a), decode_fn=decode,
+                                            max_rows=max_rows, lock=self.lock)
         if loras_dir:
             self.load_loras_dir(loras_dir)
 
@@ -284,6 +286,14 @@ class LocalEngine:
         return gen
 
     def decode(self, latents, check=None) -> np.ndarray:
+        """With a step batcher, requests that finish together decode in one call."""
+        batcher = self.pipe.step_batcher
+        if batcher is not None and batcher.can_decode:
+            if check is not None:
+                check()
+            from models.pipeline import to_uint8
+
+            return to_uint8(batcher.decode(np.asarray(latents, np.float32)).numpy())
         with self.lock:
             return self.pipe.decode(latents, check=check)
 
