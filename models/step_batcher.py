@@ -135,7 +135,7 @@ class StepBatcher:
                 group = self._take()
                 counts = self.decodes_per_call if group[0].kind == DECODE else self.requests_per_call
                 counts[len(group)] = counts.get(len(group), 0) + 1
-            start = time.perf_counter()
+            began = time.perf_counter()
             try:
                 with self._lock:
                     results = self._run(group)
@@ -144,7 +144,7 @@ class StepBatcher:
             except BaseException as e:  # every loop in the call gets the error; the worker goes on
                 for call in group:
                     call.error = e
-            self.busy_s += time.perf_counter() - start
+            self.busy_s += time.perf_counter() - began
             for call in group:
                 call.done.set()
 
