@@ -380,8 +380,11 @@ class StableDiffusionPipeline:
         return self._compiled("unet")(*[tf.constant(x) for x in inputs]).numpy()
 
     def decode_latents(self, latents) -> np.ndarray:
+        """With a step batcher, in one call with the other threads' latents waiting to decode."""
         _require(self.decoder)
-        return self._decode(tf.constant(np.asarray(latents, np.float32))).numpy()
+        latents = tf.constant(np.asarray(latents, np.float32))
+        batcher = self.step_batcher
+        return (batcher.decode(latents) if batcher is not None else self._decode(latents)).numpy()
 
     def encode_image(self, images, sample=False, seed=0) -> np.ndarray:
         """Images float32 [B, H, W, 3] in [-1, 1] -> posterior mean (or a sample) * scaling."""
@@ -663,6 +666,17 @@ class StableDiffusionPipeline:
                                unet_call=self._unet_conditional, guided_call=self._unet_guided, shape_generic=True)
             self._loops.setdefault(key, loop)  # server threads may race here: one loop per key wins
         return self._loops[key]
+
+    def start_step_batching(self, max_rows: int, lock=None):
+        """Share the UNet calls (and the decodes) of loops running at once in several threads
+        (models/step_batcher.py): what a server running several requests at once calls. The
+        shared calls run under `lock`, so a caller must not hold it while it diffuses or decodes."""
+        from .checkpoints.assemble import is_loaded
+        from .step_batcher import StepBatcher
+
+        decode = (lambda z: self._decode(z)) if is_loaded(self.decoder) else None
+        self.step_batcher = StepBatcher(lambda *a: self._compiled_guided()(*a), lambda *a: self._compiled("unet")(*a),
+                                        decode_fn=decode, max_rows=max_rows, lock=lock)
 
     def _unet_conditional(self, inputs):
         batcher = self.step_batcher

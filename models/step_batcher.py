@@ -86,10 +86,6 @@ class StepBatcher:
     def conditional(self, inputs):
         return self._submit(CONDITIONAL, inputs)
 
-    @property
-    def can_decode(self) -> bool:
-        return self._fns[DECODE] is not None
-
     def decode(self, latents):
         """Images for `latents`, decoded with the other requests' that are waiting to decode."""
         if self._fns[DECODE] is None:

@@ -72,7 +72,7 @@ def warm_up_tasks(pipe, schedulers=None) -> list:
             outputs["guided"] = pipe._compiled_guided()(x_in, t, ctx, ctx)
 
     def decoder():
-        pipe.decode_latents(latents)
+        pipe._decode(latents).numpy()  # the compiled decoder itself: a step batcher's decode would wait for the lock held here
         pipe.preview(latents)
 
     def encoder():

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from models.checkpoints.assemble import is_loaded
 from models.stages import Diffused, Encoded
 
 from .errors import ApiError
@@ -127,13 +128,8 @@ class LocalEngine:
         self._warm_up = {"state": "off"}
         pipe.restore_loras = False  # a request's set stays until one asks for another: repeats cost nothing
         self.batch_requests = max(1, int(batch_requests))
-        if self.batch_requests > 1 and "unet" in pipe.info().get("loaded_networks", ()):
-            from models.step_batcher import StepBatcher
-
-            decode = (lambda z: pipe._decode(z)) if "decoder" in pipe.info().get("loaded_networks", ()) else None
-            pipe.step_batcher = StepBatcher(lambda *a: pipe._compiled_guided()(*a),
-                                            lambda *a: pipe._compiled("unet")(*a), decode_fn=decode,
-                                            max_rows=max_rows, lock=self.lock)
+        if self.batch_requests > 1 and is_loaded(pipe.unet):
+            pipe.start_step_batching(max_rows, lock=self.lock)
         if loras_dir:
             self.load_loras_dir(loras_dir)
 
@@ -286,16 +282,14 @@ class LocalEngine:
         return gen
 
     def decode(self, latents, check=None) -> np.ndarray:
-        """With a step batcher, requests that finish together decode in one call."""
-        batcher = self.pipe.step_batcher
-        if batcher is not None and batcher.can_decode:
-            if check is not None:
-                check()
-            from models.pipeline import to_uint8
-
-            return to_uint8(batcher.decode(np.asarray(latents, np.float32)).numpy())
-        with self.lock:
-            return self.pipe.decode(latents, check=check)
+        """With a step batcher, requests that finish together decode in one call (which takes
+        the lock itself)."""
+        if self.pipe.step_batcher is None:
+            with self.lock:
+                return self.pipe.decode(latents, check=check)
+        if check is not None:
+            check()
+        return self.pipe.decode(latents, check=check)
 
     def encode_pixels(self, images, check=None) -> np.ndarray:
         with self.lock:
