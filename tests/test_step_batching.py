@@ -18,6 +18,7 @@ import tensorflow as tf
 from models import chain
 from models.step_batcher import StepBatcher
 from tests.test_lora_formats import kohya, save
+from tests.webapp_helpers import at_once
 from webapp.weights_lease import WeightsLease
 
 PROMPTS = ["a red circle on a blue background", "a green square on a yellow background",
@@ -270,21 +271,7 @@ def generate(engine, request):
 def test_concurrent_requests_share_steps_and_get_their_own_images(engine):
     alone = [generate(engine, r) for r in REQUESTS]
     before = engine.batching_status()["requests_per_call"]
-    out, errors = {}, []
-    barrier = threading.Barrier(len(REQUESTS))
-
-    def worker(k):
-        try:
-            barrier.wait()
-            out[k] = generate(engine, REQUESTS[k])
-        except Exception as e:  # reported below
-            errors.append(repr(e))
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(REQUESTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    out, errors = at_once([lambda r=r: generate(engine, r) for r in REQUESTS])
     assert not errors, errors
     for k, want in enumerate(alone):
         assert out[k].shape == want.shape

@@ -17,7 +17,7 @@ import pytest
 from models import chain
 from models.errors import InvalidInput
 from tests.test_lora_formats import kohya, save
-from tests.webapp_helpers import PROMPT, make_app, post_wire, serve, tensors  # noqa: F401
+from tests.webapp_helpers import PROMPT, at_once, make_app, post_wire, serve, tensors  # noqa: F401
 from webapp import wire
 
 ATTN = "down_blocks.0.attentions.0.transformer_blocks.0"
@@ -224,21 +224,7 @@ def test_concurrent_requests_never_see_each_others_loras(engine, singles):
     set must be applied for each of its own stage calls, not once.)"""
     sets, images = singles
     jobs = [name for name in sets for _ in range(2)]
-    out, errors = {}, []
-    barrier = threading.Barrier(len(jobs))
-
-    def worker(k, name):
-        try:
-            barrier.wait()
-            out[k] = run(engine, loras=sets[name])
-        except Exception as e:  # reported below
-            errors.append(repr(e))
-
-    threads = [threading.Thread(target=worker, args=(k, n)) for k, n in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    out, errors = at_once([lambda n=n: run(engine, loras=sets[n]) for n in jobs])
     assert not errors, errors
     for k, name in enumerate(jobs):
         assert not differs(out[k], images[name]), f"request {k} ({name}) saw other weights"

@@ -89,3 +89,27 @@ def serve(app):
             thread.join(10)
 
     return running()
+
+
+def at_once(calls, timeout=300):
+    """Run each zero-argument callable in its own thread, all released together by a barrier
+    -> ({index: result}, [repr of each exception])."""
+    import threading
+
+    out, errors = {}, []
+    barrier = threading.Barrier(len(calls))
+
+    def worker(k, fn):
+        try:
+            barrier.wait()
+            out[k] = fn()
+        except Exception as e:  # the caller asserts there were none
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(k, fn)) for k, fn in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return out, errors
+
