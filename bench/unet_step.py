@@ -306,7 +306,7 @@ def measure_diffusers(size, steps, repeats, tiny=False, threads=None):
     t_start = time.perf_counter()
     import diffusers
     import torch
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     threads = threads or os.cpu_count()
     torch.set_num_threads(threads)
@@ -319,6 +319,16 @@ def measure_diffusers(size, steps, repeats, tiny=False, threads=None):
     result.update(build_s=C.r(build_s, 2), params_m=C.r(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
                   rss_after_build_gb=C.r(C.rss_gb()),
                   attn_processor=sorted({type(p).__name__ for p in unet.attn_processors.values()}))
+    _time_ddim_loop(lambda x, t, ctx: unet(x, t, encoder_hidden_states=ctx).sample, cfg, lat, steps, repeats, result)
+    return _finish(result, t_start)
+
+
+def _time_ddim_loop(unet, cfg, lat, steps, repeats, result):
+    """StableDiffusionPipeline's guided DDIM loop around `unet(x [2, C, h, w], t, ctx) -> eps`
+    (the diffusers variant and the OpenVINO ones), timed into `result`."""
+    import torch
+    from diffusers import DDIMScheduler
+
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     g = torch.Generator().manual_seed(0)
@@ -329,11 +339,8 @@ def measure_diffusers(size, steps, repeats, tiny=False, threads=None):
         sched.set_timesteps(n)
         latents = x0 * sched.init_noise_sigma
         for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([latents] * 2), t)
-            eps = unet(inp, t, encoder_hidden_states=ctx).sample
-            eps_uncond, eps_text = eps.chunk(2)
-            eps = eps_uncond + GUIDANCE * (eps_text - eps_uncond)
-            latents = sched.step(eps, t, latents).prev_sample
+            eps_uncond, eps_text = unet(sched.scale_model_input(torch.cat([latents] * 2), t), t, ctx).chunk(2)
+            latents = sched.step(eps_uncond + GUIDANCE * (eps_text - eps_uncond), t, latents).prev_sample
         return latents
 
     with torch.inference_mode():
@@ -344,9 +351,8 @@ def measure_diffusers(size, steps, repeats, tiny=False, threads=None):
         per_step = _repeat(lambda: outs.append(loop(steps)), repeats, steps)
         result["output_finite"] = bool(torch.isfinite(outs[-1]).all())
         x2, t2 = torch.cat([x0, x0]), torch.tensor(500)
-        unet_s = _repeat(lambda: unet(x2, t2, encoder_hidden_states=ctx).sample, repeats)
+        unet_s = _repeat(lambda: unet(x2, t2, ctx), repeats)
     result.update(_step_stats(per_step, unet_s))
-    return _finish(result, t_start)
 
 
 def _openvino_model(source, cfg, lat, tiny):
@@ -395,7 +401,6 @@ def measure_openvino(size, steps, repeats, tiny=False, variant="openvino"):
     import numpy as np
     import openvino as ov
     import torch
-    from diffusers import DDIMScheduler
 
     source, precision = OPENVINO[variant]
     cfg = C.configs(tiny)["unet"]
@@ -410,37 +415,15 @@ def measure_openvino(size, steps, repeats, tiny=False, variant="openvino"):
                                                      "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
     nhwc = source == "ours"
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(1, cfg.in_channels, lat, lat, generator=g)
-    ctx = torch.randn(2, CONTEXT_LEN, cfg.cross_attention_dim, generator=g).numpy()  # [uncond; cond]
 
-    def unet(x, t):
+    def unet(x, t, ctx):
         x = x.numpy()
         if nhwc:
             x = x.transpose(0, 2, 3, 1)
-        out = request.infer([x, np.full([2], float(t), np.float32), ctx])[0]
+        out = request.infer([x, np.full([2], float(t), np.float32), ctx.numpy()])[0]
         return torch.from_numpy(out.transpose(0, 3, 1, 2) if nhwc else out)
 
-    def loop(n):
-        sched.set_timesteps(n)
-        latents = x0 * sched.init_noise_sigma
-        for t in sched.timesteps:
-            eps_uncond, eps_text = unet(sched.scale_model_input(torch.cat([latents] * 2), t), t).chunk(2)
-            latents = sched.step(eps_uncond + GUIDANCE * (eps_text - eps_uncond), t, latents).prev_sample
-        return latents
-
-    with torch.inference_mode():
-        _, first = C.timed(lambda: loop(min(2, steps)))
-        result["first_call_s"] = C.r(first, 2)
-        result["rss_after_warmup_gb"] = C.r(C.rss_gb())
-        outs = []
-        per_step = _repeat(lambda: outs.append(loop(steps)), repeats, steps)
-        result["output_finite"] = bool(torch.isfinite(outs[-1]).all())
-        x2 = torch.cat([x0, x0])
-        unet_s = _repeat(lambda: unet(x2, 500), repeats)
-    result.update(_step_stats(per_step, unet_s))
+    _time_ddim_loop(unet, cfg, lat, steps, repeats, result)
     return _finish(result, t_start)
 
 
