@@ -15,21 +15,22 @@ from training.trainer import DiffusionTrainer, EncodedDataset, TrainConfig
 QUIET = dict(log=lambda *a: None)
 
 
-def _phrasings(n, seed=0, fillers=("zebra", "quantum")):
+def _phrasings(n, seed=0, fillers=("zebra", "quantum"), mix="phrasings"):
     rng = np.random.default_rng(seed)
     combos = training_combinations()
     scenes = [random_scene(combos[rng.integers(len(combos))], rng) for _ in range(n)]
-    return scenes, [training_phrasing(s, rng, fillers) for s in scenes]
+    return scenes, [training_phrasing(s, rng, fillers, mix=mix) for s in scenes]
 
 
 def _words(text):
     return re.findall(r"[a-z]+|[^a-z\s]", text.lower())
 
 
-def test_training_phrasings_never_use_the_held_out_forms_words():
+@pytest.mark.parametrize("mix", ["phrasings", "connected"])
+def test_training_phrasings_never_use_the_held_out_forms_words(mix):
     """The held-out forms measure phrasings training never drew from: their connectors and
-    fillers must not occur in any training caption."""
-    _, captions = _phrasings(20000)
+    fillers must not occur in any training caption, in either stage's mix."""
+    _, captions = _phrasings(20000, mix=mix)
     seen = {w for c in captions for w in _words(c)}
     held_out_only = {"against", "behind", "is", "there", "showing", "illustration", "masterpiece", "over", "wall",
                      "front", "and", ":"}
@@ -39,7 +40,7 @@ def test_training_phrasings_never_use_the_held_out_forms_words():
     used = {w for form in HELD_OUT_FORMS.values() for w in _words(form(scene, np.random.default_rng(0)))}
     assert held_out_only <= used
     # and every training caption names the scene's three words
-    scenes, captions = _phrasings(2000, seed=1)
+    scenes, captions = _phrasings(2000, seed=1, mix=mix)
     for scene, caption in zip(scenes, captions):
         words = _words(caption)
         assert {scene.colour, scene.shape, scene.background} <= set(words), caption
@@ -160,3 +161,27 @@ def test_score_reads_scenes_as_well_as_captions():
     by_scene = score([np.asarray(image)], [Scene("red", "circle", "blue")])
     assert by_caption["all"] == by_scene["all"] == 1.0
     assert score([np.asarray(image)], [Scene("green", "circle", "blue")])["colour"] == 0.0
+
+
+def test_connected_mix_puts_nouns_on_either_side_of_their_colours():
+    """The third stage's point: colour-noun binding from word order, with unknown words joining
+    the parts; the phrasings mix never names a background before its colour with noise between."""
+    def orders(mix):
+        scenes, captions = _phrasings(3000, seed=2, mix=mix)
+        counts = {"shape first": 0, "background noun first": 0, "noise joined": 0}
+        for scene, caption in zip(scenes, captions):
+            words = _words(caption)
+            if scene.colour == scene.background:
+                continue
+            if words.index(scene.shape) < words.index(scene.colour):
+                counts["shape first"] += 1
+            if "background" in words and words.index("background") < words.index(scene.background):
+                counts["background noun first"] += 1
+                if {"zebra", "quantum"} & set(words[words.index("background"):words.index(scene.background)]):
+                    counts["noise joined"] += 1
+        return counts
+
+    connected, phrasings = orders("connected"), orders("phrasings")
+    assert connected["shape first"] > 1.3 * phrasings["shape first"]
+    assert connected["background noun first"] > 1.5 * phrasings["background noun first"]
+    assert connected["noise joined"] > 100 and phrasings["noise joined"] == 0

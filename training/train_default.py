@@ -91,26 +91,32 @@ def stage_grammar(work: Path, components, images, captions, args):
     return load_components(str(folder))
 
 
-def stage_phrasings(work: Path, components, images, captions, args):
-    """Text encoder and UNet together, each image's caption said PHRASINGS_PER_IMAGE ways."""
+def stage_phrasings(work: Path, components, images, captions, args, stage="phrasings"):
+    """Text encoder and UNet together, each image's caption said PHRASINGS_PER_IMAGE ways, drawn
+    from the stage's mix of forms (``training.captions.MIXES``): "phrasings" from the grammar
+    stage, then "connected" from the phrasings stage."""
     import numpy as np
 
     from training.captions import Scene, filler_vocabulary, training_phrasing
     from training.synthetic import parse_caption
     from training.trainer import DiffusionTrainer, EncodedDataset, TrainConfig
 
-    rng = np.random.default_rng([args.seed, 2])
+    steps, learning_rate, stream, warmup = {
+        "phrasings": (args.phrasing_steps, args.phrasing_learning_rate, 2, 200),
+        "connected": (args.connected_steps, args.connected_learning_rate, 3, 100)}[stage]
+    rng = np.random.default_rng([args.seed, stream])
     fillers = filler_vocabulary(components.tokenizer, seed=args.seed)
     variants = []
     for caption in captions:
         scene = Scene(**parse_caption(caption))
-        variants.append([caption] + [training_phrasing(scene, rng, fillers) for _ in range(PHRASINGS_PER_IMAGE - 1)])
+        variants.append([caption] + [training_phrasing(scene, rng, fillers, mix=stage)
+                                     for _ in range(PHRASINGS_PER_IMAGE - 1)])
     data = EncodedDataset(components, images, variants)
-    config = TrainConfig(batch_size=args.batch_size, steps=args.phrasing_steps, learning_rate=args.phrasing_learning_rate,
-                         lr_schedule="cosine", warmup_steps=200, weight_decay=1e-2, ema_decay=0.999,
+    config = TrainConfig(batch_size=args.batch_size, steps=steps, learning_rate=learning_rate,
+                         lr_schedule="cosine", warmup_steps=warmup, weight_decay=1e-2, ema_decay=0.999,
                          caption_dropout=0.1, checkpoint_every=1000, sample_every=2000, seed=args.seed,
                          train_text_encoder=True)
-    trainer = DiffusionTrainer(components, data, config, work / "phrasings_stage", sample_prompts=SAMPLES)
+    trainer = DiffusionTrainer(components, data, config, work / f"{stage}_stage", sample_prompts=SAMPLES)
     trainer.train(resume=True)
     return dataclasses.replace(components, unet=trainer.final_unet(), text_encoder=trainer.final_text_encoder())
 
@@ -133,6 +139,10 @@ def main(argv=None):
     p.add_argument("--phrasing-steps", type=int, default=6000,
                    help="steps of the second stage (text encoder and UNet on many phrasings); 0 skips it")
     p.add_argument("--phrasing-learning-rate", type=float, default=5e-4)
+    p.add_argument("--connected-steps", type=int, default=3000,
+                   help="steps of the third stage (the phrasings plus noise words joining the parts in either "
+                        "order, from the second stage's model); 0 skips it")
+    p.add_argument("--connected-learning-rate", type=float, default=2.5e-4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -156,6 +166,8 @@ def main(argv=None):
     components = stage_grammar(work, components, images, captions, args)
     if args.phrasing_steps:
         components = stage_phrasings(work, components, images, captions, args)
+        if args.connected_steps:
+            components = stage_phrasings(work, components, images, captions, args, stage="connected")
     out = Path(args.out)
     save_diffusers_folder(components, out, dtype="float16")
     info = {"recipe": "python -m training.train_default", "args": vars(args),
