@@ -9,6 +9,9 @@ process's ru_maxrss (the true high-water mark); the per-phase peaks (text encode
 loop, then VAE decode) come from a sampling thread (50 ms resolution). GB = GiB (2**30 bytes).
 Target: peak RSS <= 6 GB.
 
+`--runtime openvino` runs the networks with OpenVINO's CPU plugin (models/openvino_runtime.py);
+the first call then includes converting and compiling them.
+
 `--checkpoint DIR` loads a model instead (load_components, as load_pipeline does), which is what
 a user's process does: the peak then includes loading. `--tiny` uses the tiny test configs.
 """
@@ -43,13 +46,14 @@ def build_components(tiny=False, dtype="float32"):
 
 
 def run(size=512, steps=2, repeats=2, tiny=False, jit_compile=False, scheduler="ddim",
-        guidance_batching="auto", dtype="float32", checkpoint=None):
-    result = _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching, checkpoint)
-    result.update(dtype=dtype)
+        guidance_batching="auto", dtype="float32", checkpoint=None, runtime="tensorflow"):
+    result = _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching, checkpoint, runtime)
+    result.update(dtype=dtype, runtime=runtime)
     return result
 
 
-def _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching, checkpoint=None):
+def _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_batching, checkpoint=None,
+         runtime="tensorflow"):
     C.quiet_tf()
     t_start = time.perf_counter()
     import keras
@@ -80,7 +84,7 @@ def _run(size, steps, repeats, tiny, jit_compile, scheduler, dtype, guidance_bat
         int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
         for name in ("text_encoder", "unet", "decoder", "encoder") for v in getattr(comps, name).weights) / C.GB)
     result["rss_after_build_gb"] = C.r(C.rss_gb())
-    pipe = StableDiffusionPipeline(comps, jit_compile=jit_compile, guidance_batching=guidance_batching)
+    pipe = StableDiffusionPipeline(comps, jit_compile=jit_compile, guidance_batching=guidance_batching, runtime=runtime)
     result["guidance_batching"] = pipe.guidance_batching
 
     # Phase marks: generate() runs text encoding, the denoising loop, then decode_latents.
@@ -129,7 +133,7 @@ def format_report(res):
     return "\n".join([
         f"full SD v1 pipeline{' [TINY config]' if res['tiny'] else ''}: one {res['size']}x{res['size']} "
         f"image, {res['steps']} {res['scheduler']} steps, jit_compile={res['jit_compile']}, dtype "
-        f"{res['dtype']}, guidance batching {res['guidance_batching']}",
+        f"{res['dtype']}, guidance batching {res['guidance_batching']}, runtime {res.get('runtime', 'tensorflow')}",
         f"load average at start {res['loadavg_start']}, end {res['loadavg_end']}",
         f"parameters (M): {res['params_m']}  -> weights {res['weights_gb']:.2f} GB",
         (f"loaded {res['checkpoint']} in {res['build_s']:.1f} s (peak during load {res['peak_rss_after_load_gb']:.2f} GB)"
@@ -152,6 +156,8 @@ def main(argv=None):
     p.add_argument("--guidance-batching", default="auto", choices=["auto", "batched", "split"],
                    help="as StableDiffusionPipeline's (auto: split for float32 on a CPU)")
     p.add_argument("--dtype", default="float32", help="Keras dtype policy of every network (e.g. bfloat16)")
+    p.add_argument("--runtime", default="tensorflow", choices=["tensorflow", "openvino"],
+                   help="what runs the networks (as load_pipeline's runtime)")
     p.add_argument("--checkpoint", default=None,
                    help="load this model (any load_pipeline source) instead of building random weights; "
                         "write one with models.checkpoints.diffusers_folder.save_diffusers_folder")
@@ -159,7 +165,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     size = args.size or (64 if args.tiny else 512)
     res = run(size, args.steps, max(1, args.repeats), args.tiny, args.jit_compile, args.scheduler,
-              args.guidance_batching, args.dtype, args.checkpoint)
+              args.guidance_batching, args.dtype, args.checkpoint, args.runtime)
     print(format_report(res))
     C.save_result(args.out, res)
     return 0

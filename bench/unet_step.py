@@ -20,10 +20,21 @@ Variants (each in its own subprocess, so that peak RSS figures do not mix):
   diffusers  diffusers.UNet2DConditionModel with the same config (torch CPU, eval,
              inference_mode, torch threads = CPU count), one batch-2 call per step + DDIMScheduler
 
+  ours_openvino, ours_openvino_bf16 (only when named in --variants): our pipeline with
+             runtime="openvino" (models/openvino_runtime.py), float32 / bfloat16 weights: the
+             user's path, `pipe.diffuse(context, uncond, steps=N)` on a UNet-only pipeline (what
+             a diffusion server runs), OpenVINO's CPU plugin running our UNet per step
+
   openvino, openvino_bf16, openvino_ours (only when named in --variants; `pip install
              openvino`): OpenVINO's CPU plugin runs the UNet inside the diffusers variant's DDIM
              loop, converted with ov.convert_model from the diffusers UNet at float32 / bfloat16
              inference precision, or from our own TensorFlow graph (float32)
+
+A calibration child (skipped with --no-calibrate) measures what the figures are shares of: the
+work of one guided step (FLOPs of two batch-1 UNet forwards, counted by torch's FlopCounterMode
+on the diffusers UNet of the same config: convolutions, matmuls, attention) and this machine's
+matmul peak (the best of a 2048^3 matmul in OpenVINO and in TensorFlow, float32 and bfloat16
+inference precision); each variant then gets GFLOP/s and its share of the peak at its precision.
 
 Each variant also reports `unet_call_ms`: one bare UNet forward at the batch the loop uses
 (2 for ours/diffusers, 1 for KerasCV), to show how much of a step is loop overhead.
@@ -49,7 +60,7 @@ VARIANTS = ("ours", "ours_xla", "ours_bf16", "kerascv", "diffusers")
 # Further variants, run only when named in --variants: guidance as one batch-2 call in float32
 # (what "auto" avoids on CPUs), XLA + bfloat16, and mixed_bfloat16 (float32 weights cast per call).
 EXPERIMENTS = ("ours_batched", "ours_xla_batched", "ours_xla_bf16", "ours_mixed_bf16",
-               "openvino", "openvino_bf16", "openvino_ours")
+               "openvino", "openvino_bf16", "openvino_ours", "ours_openvino", "ours_openvino_bf16")
 # OpenVINO variants (`pip install openvino`): the diffusers UNet (the diffusers variant's weights
 # and loop) converted with ov.convert_model and compiled for the CPU at float32 / bfloat16
 # inference precision (OpenVINO's default on a CPU with AMX or AVX-512 BF16 is bfloat16), and
@@ -66,6 +77,8 @@ OURS = {
     "ours_xla_bf16": (True, "batched", "bfloat16"),
     "ours_mixed_bf16": (False, "batched", "mixed_bfloat16"),
 }
+# Our pipeline with runtime="openvino": the Keras dtype policy of its networks
+OURS_OPENVINO = {"ours_openvino": "float32", "ours_openvino_bf16": "bfloat16"}
 TARGETS = {"ours_over_kerascv": 0.8, "ours_over_diffusers": 1.0}
 PEERS = ("kerascv", "diffusers", "openvino", "openvino_bf16", "openvino_ours")  # what ours is divided by
 CONTEXT_LEN = 77
@@ -73,6 +86,68 @@ GUIDANCE = 7.5
 
 
 # --------------------------------------------------------------------------- children
+def calibrate(size, tiny=False, matmul_side=2048, repeats=10):
+    """GFLOP per guided step and this machine's matmul GFLOP/s at float32 and bfloat16."""
+    t_start = time.perf_counter()
+    import numpy as np
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = C.configs(tiny)["unet"]
+    lat = size // 8
+    with torch.device("meta"):  # shapes only: no weights allocated, nothing computed
+        unet = UNet2DConditionModel(**diffusers_kwargs(cfg))
+        x, t, ctx = (torch.zeros([2, cfg.in_channels, lat, lat]), torch.tensor([500, 500]),
+                     torch.zeros([2, CONTEXT_LEN, cfg.cross_attention_dim]))
+        with FlopCounterMode(display=False) as counter:
+            unet(x, t, encoder_hidden_states=ctx)
+    result = {"variant": "calibrate", "gflop_per_step": C.r(counter.get_total_flops() / 1e9, 1),
+              "flops_counted_by": f"torch {torch.__version__} FlopCounterMode, diffusers UNet2DConditionModel, batch 2"}
+    n = matmul_side
+    a = np.random.default_rng(0).standard_normal([n, n]).astype(np.float32)
+    peaks = {}
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        param = ops.parameter([n, n], np.float32)
+        model = ov.Model([ops.matmul(param, ops.constant(a), False, False)], [param])
+        for precision in ("f32", "bf16"):
+            request = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision}).create_infer_request()
+            request.infer([a])
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                request.infer([a])
+                times.append(time.perf_counter() - t0)
+            peaks[f"openvino_{precision}"] = C.r(2 * n ** 3 / min(times) / 1e9, 1)
+    except ImportError:
+        pass
+    C.quiet_tf()
+    import tensorflow as tf
+
+    for dtype, name in ((tf.float32, "f32"), (tf.bfloat16, "bf16")):
+        x = tf.cast(tf.constant(a), dtype)
+        fn = tf.function(lambda m: tf.matmul(m, m))
+        fn(x).numpy()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x).numpy()
+            times.append(time.perf_counter() - t0)
+        peaks[f"tensorflow_{name}"] = C.r(2 * n ** 3 / min(times) / 1e9, 1)
+    result["matmul_gflops"] = peaks
+    result["peak_gflops"] = {p: max(v for k, v in peaks.items() if k.endswith(p)) for p in ("f32", "bf16")}
+    result["matmul_side"] = n
+    return _finish(result, t_start)
+
+
+def precision_of_variant(variant: str) -> str:
+    return "bf16" if "bf16" in variant else "f32"
+
+
+
 def _finish(result, t_start):
     result["peak_rss_gb"] = C.r(C.peak_rss_gb())
     result["loadavg_end"] = C.loadavg()
@@ -232,6 +307,61 @@ def _measure_ours(size, steps, repeats, tiny=False, jit_compile=False, batching=
     c2 = tf.concat([args["uncond"], args["context"]], 0)
     call(x2, t2, c2).numpy()
     unet_s = _repeat(lambda: call(x2, t2, c2).numpy(), repeats)
+    result.update(_step_stats(per_step, unet_s))
+    return _finish(result, t_start)
+
+
+def measure_ours_openvino(size, steps, repeats, tiny=False, variant="ours_openvino"):
+    """pipe.diffuse on a UNet-only pipeline with runtime="openvino": warm-up call (conversion and
+    compilation), then `repeats` timed runs of `steps` guided DDIM steps."""
+    C.quiet_tf()
+    t_start = time.perf_counter()
+    import keras
+    import numpy as np
+    import openvino as ov
+
+    from models.checkpoints.assemble import NotLoaded
+    from models.components import Components
+    from models.pipeline import StableDiffusionPipeline
+    from models.schedulers import NoiseSchedule
+    from models.tokenizer import default_tokenizer
+    from models.unet import UNet
+
+    policy = OURS_OPENVINO[variant]
+    configs = C.configs(tiny)
+    cfg = configs["unet"]
+    result = {"variant": variant, "loadavg_start": C.loadavg(), "openvino": ov.__version__, "dtype_policy": policy,
+              "threads": os.cpu_count()}
+    keras.utils.set_random_seed(0)
+    with C.dtype_policy(policy):
+        unet, build_s = C.timed(lambda: UNet(cfg))
+    comps = Components(text_encoder=NotLoaded("text_encoder", configs["text_encoder"]), unet=unet,
+                       decoder=NotLoaded("decoder", configs["vae"]), encoder=None, tokenizer=default_tokenizer(),
+                       vae_config=configs["vae"], schedule=NoiseSchedule(), name="sd-v1-random")
+    d = cfg.cross_attention_dim
+    rng = np.random.default_rng(1)
+    context, uncond = (rng.standard_normal([1, CONTEXT_LEN, d]).astype(np.float32) for _ in range(2))
+    pipe = StableDiffusionPipeline(comps, runtime="openvino", empty_prompt_context=uncond)
+    result.update(build_s=C.r(build_s, 2), params_m=C.r(unet.count_params() / 1e6, 1),
+                  rss_after_build_gb=C.r(C.rss_gb()), guidance_batching=pipe.guidance_batching)
+
+    def run():
+        return pipe.diffuse(context, uncond, steps=steps, seed=0, height=size, width=size,
+                            guidance_scale=GUIDANCE).latents
+
+    t0 = time.perf_counter()
+    run()
+    result["first_call_s"] = C.r(time.perf_counter() - t0, 2)
+    result["inference_precision"] = pipe._compiled("unet").precision
+    result["rss_after_warmup_gb"] = C.r(C.rss_gb())
+    outs = []
+    per_step = _repeat(lambda: outs.append(run()), repeats, steps)
+    result["output_finite"] = bool(np.isfinite(outs[-1]).all())
+    lat = size // 8
+    x2 = rng.standard_normal([2, lat, lat, cfg.in_channels]).astype(np.float32)
+    c2 = np.concatenate([uncond, context])
+    pipe.predict_noise(x2, 500, c2)
+    unet_s = _repeat(lambda: pipe.predict_noise(x2, 500, c2), repeats)
     result.update(_step_stats(per_step, unet_s))
     return _finish(result, t_start)
 
@@ -430,9 +560,13 @@ def measure_openvino(size, steps, repeats, tiny=False, variant="openvino"):
 def measure(variant, size, steps, repeats, tiny=False, quiet_wait=None):
     """One variant's result dict. `quiet_wait`: seconds to wait for a quiet machine before each
     timed run (default 20, or 0 with `tiny`)."""
+    if variant == "calibrate":
+        return calibrate(size, tiny)
     QUIET_WAIT["s"] = (0.0 if tiny else 20.0) if quiet_wait is None else float(quiet_wait)
     if variant in OURS:
         return measure_ours(size, steps, repeats, tiny, variant=variant)
+    if variant in OURS_OPENVINO:
+        return measure_ours_openvino(size, steps, repeats, tiny, variant)
     if variant == "kerascv":
         return measure_kerascv(size, steps, repeats, tiny)
     if variant == "diffusers":
@@ -503,6 +637,14 @@ def summarize(results, meta):
             ratio = ms("ours") / ms(other)
             checks[key] = {"variant": "ours", "ratio": C.r(ratio), "target": target, "met": bool(ratio <= target),
                            "best_ours": best, "best_ratio": C.r(ms(best) / ms(other))}
+    calibration = results.pop("calibrate", None)
+    if calibration and "gflop_per_step" in calibration:
+        for v, x in results.items():
+            if x.get("ms_per_step"):
+                x["gflops"] = C.r(calibration["gflop_per_step"] / (x["ms_per_step"] / 1000), 1)
+                peak = calibration["peak_gflops"].get(precision_of_variant(v))
+                x["share_of_matmul_peak"] = C.r(x["gflops"] / peak, 3) if peak else None
+        meta = {**meta, "calibration": calibration}
     contended = [v for v, x in results.items() if x.get("contended")]
     return {"benchmark": "unet_step", **meta, "results": results, "ratios": ratios,
             "ratios_of_min": ratios_min, "ratios_of_cpu_time": ratios_cpu, "targets": checks, "contended_variants": contended}
@@ -519,7 +661,7 @@ def format_table(summary):
         f"{summary['machine']['cpu_count']} CPUs ({summary['machine']['cpu_model']})",
         "",
         f"{'variant':<15} {'ms/step':>9} {'min':>9} {'cpu ms':>9} {'unet call':>10} {'build s':>8} "
-        f"{'1st call s':>10} {'peak RSS GB':>11} {'cores own/others':>16} {'clean':>6}",
+        f"{'1st call s':>10} {'peak RSS GB':>11} {'cores own/others':>16} {'clean':>6} {'GFLOP/s':>8} {'of peak':>7}",
     ]
     for v in ALL_VARIANTS:
         x = res.get(v)
@@ -540,7 +682,8 @@ def format_table(summary):
         lines.append(f"{v:<15} {f('ms_per_step', '9.1f')} {f('ms_per_step_min', '9.1f')} "
                      f"{f('ms_per_step_cpu', '9.1f')} {f('unet_call_ms', '10.1f')} {f('build_s', '8.2f')} {f('first_call_s', '10.2f')} "
                      f"{f('peak_rss_gb', '11.2f')} {cores:>16} "
-                     f"{x.get('ms_per_step_clean_runs', '-')}/{len(x.get('ms_per_step_all', []))}")
+                     f"{x.get('ms_per_step_clean_runs', '-')}/{len(x.get('ms_per_step_all', []))} "
+                     f"{f('gflops', '8.1f')} {f('share_of_matmul_peak', '7.1%')}")
     lines.append("ms/step: median of the clean runs (other processes used <= "
                  f"{QUIET} cores), of all runs if none was clean; min: fastest run")
     lines.append("cpu ms: CPU time this process used per step (median); unet call: one bare UNet forward "
@@ -552,6 +695,12 @@ def format_table(summary):
         lines.append("openvino*: OpenVINO's CPU plugin on the diffusers UNet (f32 / bf16 inference precision) "
                      "or on our TensorFlow graph (openvino_ours), in the diffusers DDIM loop")
     lines.append("cores own/others: median CPU cores used by the variant / by other processes while timed")
+    cal = summary.get("calibration")
+    if cal:
+        lines.append(f"GFLOP/s: {cal['gflop_per_step']} GFLOP per guided step / ms per step; of peak: that over this "
+                     f"machine's matmul peak at the variant's precision, measured in this run: "
+                     f"{cal['peak_gflops']['f32']} GFLOP/s float32, {cal['peak_gflops']['bf16']} bfloat16 "
+                     f"({cal['matmul_gflops']})")
     if summary.get("contended_variants"):
         lines.append(f"WARNING: no clean run for {summary['contended_variants']}: their ms/step is contended")
     lines.append("")
@@ -582,7 +731,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=1,
                    help="run the variants in turn this many times (fresh child each time) and pool "
                         "the repetitions, so that other jobs' load spreads over all variants")
-    p.add_argument("--only", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--no-calibrate", action="store_true", help="skip the GFLOP and matmul-peak calibration child")
+    p.add_argument("--only", choices=ALL_VARIANTS + ("calibrate",), help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.size is None:
@@ -615,6 +765,9 @@ def main(argv=None):
             "guidance": GUIDANCE, "dtype": "float32", "loadavg_start": C.loadavg(),
             "machine": C.machine_info()}
     runs = {v: [] for v in variants}
+    if not args.no_calibrate:
+        print("[bench] calibrate: GFLOP per step and the matmul peak ...", file=sys.stderr, flush=True)
+        runs["calibrate"] = [run_child("calibrate", args, timeout=args.timeout)]
     for k in range(args.rounds):
         for v in variants:
             if v == "kerascv" and args.tiny:
@@ -625,7 +778,7 @@ def main(argv=None):
             print(f"[bench] {v}: " + (x.get("error") or f"{x.get('ms_per_step')} ms/step "
                                       f"({x.get('ms_per_step_clean_runs')} clean runs), "
                                       f"peak RSS {x.get('peak_rss_gb')} GB"), file=sys.stderr, flush=True)
-    results = {}
+    results = {"calibrate": runs["calibrate"][0]} if "calibrate" in runs else {}
     for v in variants:
         if v == "kerascv" and args.tiny:
             results[v] = {"variant": v, "skipped": "fixed full-size architecture; not run under --tiny"}

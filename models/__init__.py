@@ -11,7 +11,7 @@ from __future__ import annotations
 def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compile: bool = False,
                   unet: str | None = None, dtype: str | None = None, guidance_batching: str = "auto",
                   parts=None, loras=None, clip_skip: int = 1, vae: str | None = None,
-                  taesd: str | None = None):
+                  taesd: str | None = None, runtime: str = "tensorflow"):
     """Load a model and wrap it in a pipeline.
 
     `unet` optionally names a fine-tuned diffusion model that replaces the base one.
@@ -29,6 +29,8 @@ def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compi
     see models.checkpoints.vae_files); decode_latents / encode_image then run it.
     `taesd`: a TAESD (AutoencoderTiny folder or taesd_decoder.safetensors) for `pipe.preview`
     only: progress previews through it instead of the model's decoder at preview size.
+    `runtime`: "tensorflow", or "openvino" (OpenVINO's CPU plugin runs the same networks:
+    faster on a CPU; `pip install openvino`; see models/openvino_runtime.py).
     """
     from .loading import load_components, load_unet
     from .pipeline import StableDiffusionPipeline
@@ -42,7 +44,7 @@ def load_pipeline(source: str = "tiny", *, allow_pickle: bool = False, jit_compi
         del te
     components = load_components(source, allow_pickle=allow_pickle, dtype=dtype, parts=parts)
     pipe = StableDiffusionPipeline(components, jit_compile=jit_compile, guidance_batching=guidance_batching,
-                                   empty_prompt_context=uncond, clip_skip=clip_skip)
+                                   empty_prompt_context=uncond, clip_skip=clip_skip, runtime=runtime)
     if vae is not None and (parts is None or {"decoder", "encoder"} & set(parts)):
         from .checkpoints.assemble import only_parts
         from .checkpoints.vae_files import load_vae

@@ -35,6 +35,7 @@ MAX_SEED = 2**32 - 1
 PREVIEW_MAX_LATENT_SIDE = 16
 MAX_STEPS = 1000
 DEFAULT_SCHEDULER = "ddim"
+RUNTIMES = ("tensorflow", "openvino")  # what runs the networks (see __init__)
 
 
 class Cancelled(Exception):
@@ -104,7 +105,7 @@ class StableDiffusionPipeline:
     """
 
     def __init__(self, components: Components, jit_compile: bool = False, guidance_batching: str = "auto",
-                 empty_prompt_context=None, clip_skip: int = 1):
+                 empty_prompt_context=None, clip_skip: int = 1, runtime: str = "tensorflow"):
         """`guidance_batching`: "batched" (one UNet call on the doubled batch), "split" (two
         calls) or "auto": split for float32 on a CPU-only machine, where it is as fast and
         needs less memory (see models/sampling.py), batched otherwise.
@@ -112,7 +113,16 @@ class StableDiffusionPipeline:
         prompt is given; by default the text encoder computes it on first use (a pipeline
         without its text encoder needs it given).
         `clip_skip` (A1111's meaning: 2 = the text encoder's penultimate layer, then its final
-        layer norm; 1 = its last layer) applies to every prompt this pipeline encodes."""
+        layer norm; 1 = its last layer) applies to every prompt this pipeline encodes.
+        `runtime`: what runs the networks: "tensorflow" (compiled graphs) or "openvino" (OpenVINO's
+        CPU plugin on the same networks' graphs: faster on a CPU; models/openvino_runtime.py)."""
+        if runtime not in RUNTIMES:
+            raise InvalidInput(f"runtime must be one of {RUNTIMES}, got {runtime!r}", "bad_runtime")
+        if runtime == "openvino":
+            from . import openvino_runtime
+
+            openvino_runtime.require()
+        self.runtime = runtime
         self.components = components
         self.guidance_batching = self._choose_batching(guidance_batching, components)
         self.text_encoder = components.text_encoder
@@ -144,9 +154,16 @@ class StableDiffusionPipeline:
         if name not in self._traced:
             network = getattr(self, name)
             _require(network)
+            if self.runtime == "openvino":
+                from .openvino_runtime import OpenVinoFunction, float32_network, precision_of
+
+                precision, network = precision_of(network), float32_network(network)
             plan_convolutions(network, self._representative_inputs(name))
-            self._traced[name] = ShapeGeneric(lambda *x: network(list(x) if len(x) > 1 else x[0], training=False),
-                                              jit_compile=self.jit_compile or None)
+            call = lambda *x: network(list(x) if len(x) > 1 else x[0], training=False)  # noqa: E731
+            if self.runtime == "openvino":
+                self._traced[name] = OpenVinoFunction(call, precision, name=name)
+            else:
+                self._traced[name] = ShapeGeneric(call, jit_compile=self.jit_compile or None)
         return self._traced[name]
 
     def _compiled_guided(self):
@@ -154,10 +171,11 @@ class StableDiffusionPipeline:
         shared by every loop, calling the compiled UNet (its trace is reused)."""
         if "guided" not in self._traced:
             unet, batching = self._compiled("unet"), self.guidance_batching
-            self._traced["guided"] = ShapeGeneric(
-                lambda x_in, t, context, uncond: guided_eps(lambda inputs: unet(*inputs), batching,
-                                                            x_in, t, context, uncond),
-                jit_compile=self.jit_compile or None)
+            guided = lambda x_in, t, context, uncond: guided_eps(  # noqa: E731
+                lambda inputs: unet(*inputs), batching, x_in, t, context, uncond)
+            # OpenVINO calls run outside TensorFlow's graphs (each one uses every core)
+            self._traced["guided"] = guided if self.runtime == "openvino" else ShapeGeneric(
+                guided, jit_compile=self.jit_compile or None)
         return self._traced["guided"]
 
     def _representative_inputs(self, name):
@@ -338,6 +356,12 @@ class StableDiffusionPipeline:
     def _lora_weights_changed(self, networks):
         if "text_encoder" in networks and not self._uncond_given:
             self._uncond = None  # the empty prompt's context depends on the text encoder's weights
+        if self.runtime == "openvino":  # converted networks hold their weights as constants
+            if "unet" in networks:
+                self._traced.pop("unet", None)
+                self._traced.pop("guided", None)
+            if "text_encoder" in networks:
+                self._encoders.clear()
 
     # -- the four primitives -------------------------------------------------------------
     def encode_text(self, prompts, check=None, clip_skip=None) -> np.ndarray:
@@ -356,11 +380,20 @@ class StableDiffusionPipeline:
 
     def _text_encoder_fn(self, clip_skip):
         if clip_skip not in self._encoders:
+            text_encoder, precision = self.text_encoder, None
+            if self.runtime == "openvino":
+                from .openvino_runtime import OpenVinoFunction, float32_network, precision_of
+
+                precision, text_encoder = precision_of(text_encoder), float32_network(text_encoder)
             try:
-                model = self.text_encoder.with_clip_skip(clip_skip)
+                model = text_encoder.with_clip_skip(clip_skip)
             except ValueError as e:
                 raise InvalidInput(str(e), "bad_clip_skip") from None
-            self._encoders[clip_skip] = ShapeGeneric(lambda ids: tf.cast(model(ids, training=False), tf.float32))
+            encode = lambda ids: tf.cast(model(ids, training=False), tf.float32)  # noqa: E731
+            if self.runtime == "openvino":
+                self._encoders[clip_skip] = OpenVinoFunction(encode, precision, name="text_encoder")
+            else:
+                self._encoders[clip_skip] = ShapeGeneric(encode)
         return self._encoders[clip_skip]
 
     def predict_noise(self, latents, timestep, context, guidance_scale=None) -> np.ndarray:
@@ -619,7 +652,7 @@ class StableDiffusionPipeline:
         )
         x = loop.prepare(tf.constant(noise), args["num_steps"], tf.constant(start, tf.int32),
                          tf.constant(init_latents), args["noise"])
-        if callback is None and check is None:
+        if callback is None and check is None and self.runtime == "tensorflow":  # one graph for the whole loop
             x = loop.run(x, start=tf.constant(start, tf.int32), **args)
             return Diffused(x.numpy(), [seed + k for k in range(batch_size)], params)
         batcher = self.step_batcher

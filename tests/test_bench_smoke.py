@@ -44,7 +44,7 @@ def test_unet_step_diffusers_tiny():
     assert res["torch_threads"] >= 1
 
 
-@pytest.mark.parametrize("variant", ["openvino", "openvino_ours"])
+@pytest.mark.parametrize("variant", ["openvino", "openvino_ours", "ours_openvino_bf16"])
 def test_unet_step_openvino_tiny(variant):
     pytest.importorskip("openvino")
     pytest.importorskip("diffusers")
@@ -52,7 +52,26 @@ def test_unet_step_openvino_tiny(variant):
 
     res = measure(variant, 64, steps=2, repeats=1, tiny=True)
     _check_step_result(res, variant, 1)
-    assert res["inference_precision"] == "f32" and res["model"]
+    if variant == "ours_openvino_bf16":  # the pipeline's runtime="openvino" on a bfloat16 UNet
+        assert res["inference_precision"] == "bf16" and res["dtype_policy"] == "bfloat16"
+    else:
+        assert res["inference_precision"] == "f32" and res["model"]
+
+
+def test_unet_step_calibration_and_shares_of_peak():
+    pytest.importorskip("diffusers")
+    from bench.unet_step import format_table, measure, summarize
+
+    cal = measure("calibrate", 64, steps=1, repeats=1, tiny=True)
+    assert cal["gflop_per_step"] > 0 and cal["peak_gflops"]["f32"] > 0 and cal["peak_gflops"]["bf16"] > 0
+    meta = {"size": 64, "latent": 8, "steps": 1, "repeats": 1, "tiny": True, "loadavg_start": [0, 0, 0],
+            "loadavg_end": [0, 0, 0], "machine": {"cpu_count": 2, "cpu_model": "x"}}
+    cal = {**cal, "gflop_per_step": 100.0, "peak_gflops": {"f32": 400.0, "bf16": 2000.0}}
+    s = summarize({"calibrate": cal, "ours": {"ms_per_step": 500.0}, "ours_bf16": {"ms_per_step": 250.0}}, meta)
+    assert "calibrate" not in s["results"] and s["calibration"]["gflop_per_step"] == 100.0
+    assert (s["results"]["ours"]["gflops"], s["results"]["ours"]["share_of_matmul_peak"]) == (200.0, 0.5)
+    assert (s["results"]["ours_bf16"]["gflops"], s["results"]["ours_bf16"]["share_of_matmul_peak"]) == (400.0, 0.2)
+    assert "matmul peak" in format_table(s)
 
 
 def test_unet_step_kerascv_refuses_tiny():

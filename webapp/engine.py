@@ -229,7 +229,7 @@ class LocalEngine:
                     from models.loading import load_unet
 
                     try:
-                        unet = load_unet(path)
+                        unet = load_unet(path, dtype=self.pipe.unet.dtype_policy.name)
                     except Exception as e:  # a broken file in the models dir is the operator's problem:
                         # the details (with server paths) go to the log, not to the client
                         log.warning("model %r (%s) could not be loaded: %s", name, path, e)

@@ -47,6 +47,8 @@ class Config:
     limits: Limits = dataclasses.field(default_factory=Limits.from_env)
     split_dtype: str = "float32"
     taesd: str | None = None  # a TAESD for the UI's progress previews (else the decoder at preview size)
+    runtime: str = "tensorflow"  # what runs the networks: "tensorflow" or "openvino" (models/openvino_runtime.py)
+    dtype: str | None = None  # the networks' dtype: None (as stored, computed in float32) or "bfloat16"
     # compile every piece a request can reach in the background at start (models/warm_up.py);
     # `python -m webapp` turns it on (--no-warm-up off), an app made in code (tests) leaves it off
     warm_up: bool = False
@@ -102,7 +104,7 @@ class Server:
         from .engine import LocalEngine
 
         pipe = load_pipeline(c.model, unet=c.unet, parts=NETWORKS[c.component],
-                             taesd=c.taesd if c.component == "all" else None)
+                             taesd=c.taesd if c.component == "all" else None, runtime=c.runtime, dtype=c.dtype)
         name = os.path.basename(os.path.normpath(c.model)) if c.model != "tiny" else "tiny"
         return LocalEngine(pipe, base_name=name, models_dir=c.models_dir, loras_dir=c.loras_dir,
                            batch_requests=self.limits.batch_requests, max_rows=self.limits.max_batch)
