@@ -10,8 +10,10 @@ same numerics to float32 round-off), so every loader, LoRA and feature works unc
 How: a network is converted once, from a trace with every size left open (as
 models/compiled.py's shape-generic graphs), then compiled per input shape with those shapes
 fixed (a shape-generic OpenVINO model runs 3-4x slower than a static one on the default model).
-Compiling a new shape takes about 1-3 s on the default model; the server's warm-up pays it for
-the sizes it is configured to serve. Weights are constants of the converted model, so a change
+The first shape is compiled when it is first called (the server's warm-up pays it); a later new
+shape (another size, or a step batcher's shared call of more rows) is compiled in a background
+thread while the shape-generic model, compiled once, serves it meanwhile: no request waits for
+a compile after the first. Weights are constants of the converted model, so a change
 of weights (LoRAs merged in, a swapped UNet) means converting again: the pipeline drops its
 converted networks when that happens.
 """
@@ -83,16 +85,24 @@ class OpenVinoFunction:
     what the pipeline's compiled TensorFlow calls do (tensors or arrays in, a tf.Tensor out), and
     may come from several threads."""
 
-    def __init__(self, fn, precision: str = "f32", max_shapes: int = 8, name: str = "network"):
+    def __init__(self, fn, precision: str = "f32", max_shapes: int = 16, name: str = "network",
+                 background: bool = True):
+        """`background`: compile new shapes after the first in a thread, serving them meanwhile
+        with the shape-generic model; False: every new shape is compiled before its call."""
         require()
         if precision not in PRECISIONS.values():
             raise ValueError(f"precision must be one of {sorted(PRECISIONS.values())}, got {precision!r}")
         self._fn, self.precision, self.max_shapes, self.name = fn, precision, max_shapes, name
+        self.background = background
         self._model = None
         self._shapes = collections.OrderedDict()  # input shapes and dtypes -> _Compiled
+        self._generic = None  # the shape-generic compiled model, serving shapes being compiled
+        self._generic_thread = None
+        self._pending = {}  # key -> the thread compiling it
         self._lock = threading.Lock()
         self.conversions = 0
         self.compilations = 0
+        self.generic_calls = 0
 
     def _convert(self, arrays):
         import openvino as ov
@@ -102,9 +112,31 @@ class OpenVinoFunction:
         self._model = ov.convert_model(concrete)
         self.conversions += 1
 
-    def _compiled(self, arrays) -> _Compiled:
+    def _compile(self, model, shapes=None) -> _Compiled:
         import openvino as ov
 
+        if shapes is not None:
+            model = model.clone()
+            model.reshape({port: ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
+        return _Compiled(ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision}))
+
+    def _add(self, key, entry):
+        self._shapes[key] = entry
+        self.compilations += 1
+        while len(self._shapes) > self.max_shapes:
+            self._shapes.popitem(last=False)
+
+    def _compile_later(self, key, shapes, model):
+        try:
+            entry = self._compile(model, shapes)
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+        with self._lock:
+            if self._model is model:  # not dropped meanwhile
+                self._add(key, entry)
+
+    def _compiled(self, arrays) -> _Compiled:
         key = tuple((a.shape, a.dtype.str) for a in arrays)
         with self._lock:
             entry = self._shapes.get(key)
@@ -113,14 +145,33 @@ class OpenVinoFunction:
                 return entry
             if self._model is None:
                 self._convert(arrays)
-            model = self._model.clone()
-            model.reshape({port: ov.PartialShape(list(a.shape)) for port, a in zip(model.inputs, arrays)})
-            compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision})
-            entry = self._shapes[key] = _Compiled(compiled)
-            self.compilations += 1
-            while len(self._shapes) > self.max_shapes:
-                self._shapes.popitem(last=False)
-            return entry
+            if not self.background or not self._shapes:  # the first shape: compiled for this call
+                entry = self._compile(self._model, [a.shape for a in arrays])
+                self._add(key, entry)
+                if self.background:  # the generic model, ready for the next new shape
+                    self._generic_thread = threading.Thread(target=self._compile_generic, args=(self._model,),
+                                                            name=f"openvino-generic-{self.name}", daemon=True)
+                    self._generic_thread.start()
+                return entry
+            if key not in self._pending:
+                thread = threading.Thread(target=self._compile_later, args=(key, [a.shape for a in arrays], self._model),
+                                          name=f"openvino-compile-{self.name}", daemon=True)
+                self._pending[key] = thread
+                thread.start()
+            generic_thread = self._generic_thread
+        generic_thread.join()  # at most once, within seconds of the first call
+        self.generic_calls += 1
+        return self._generic
+
+    def _compile_generic(self, model):
+        self._generic = self._compile(model)
+
+    def wait_for_compiles(self, timeout: float | None = None):
+        """Until the shapes being compiled in the background are ready (tests, benchmarks)."""
+        with self._lock:
+            threads = list(self._pending.values()) + ([self._generic_thread] if self._generic_thread else [])
+        for thread in threads:
+            thread.join(timeout)
 
     def __call__(self, *inputs) -> tf.Tensor:
         arrays = [np.ascontiguousarray(x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)) for x in inputs]

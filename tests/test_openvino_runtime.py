@@ -52,6 +52,7 @@ def test_images_match_tensorflow(pipes):
         assert got.shape == want.shape and got.dtype == np.uint8
         assert _grey_levels(got, want) <= 1
     unet = ov_pipe._compiled("unet")
+    unet.wait_for_compiles()
     assert unet.conversions == 1 and len(unet.shapes()) >= 3  # converted once, compiled per shape
 
 
@@ -98,7 +99,7 @@ def test_compiled_shapes_are_bounded_and_reused():
 
     import tensorflow as tf
 
-    fn = OpenVinoFunction(lambda x: tf.nn.relu(x) * 2.0, "f32", max_shapes=2)
+    fn = OpenVinoFunction(lambda x: tf.nn.relu(x) * 2.0, "f32", max_shapes=2, background=False)
     for n in (1, 2, 1, 3, 4):
         x = np.linspace(-1, 1, n * 4, dtype=np.float32).reshape(n, 4)
         np.testing.assert_allclose(fn(x).numpy(), np.maximum(x, 0) * 2.0)
@@ -126,6 +127,25 @@ def test_command_line_picks_the_runtime_and_dtype():
     assert (config.runtime, config.dtype) == ("openvino", "bfloat16")
     config = config_from_args(parse_args([]))
     assert (config.runtime, config.dtype) == ("tensorflow", None)
+
+
+def test_new_shapes_are_served_while_they_compile():
+    """After the first shape, a new one is answered at once by the shape-generic model and
+    compiled in the background; once compiled, its own model serves it."""
+    from models.openvino_runtime import OpenVinoFunction
+
+    import tensorflow as tf
+
+    fn = OpenVinoFunction(lambda x: tf.nn.relu(x) * 2.0 + 1.0, "f32")
+    for n in (1, 2, 3):
+        x = np.linspace(-1, 1, n * 4, dtype=np.float32).reshape(n, 4)
+        np.testing.assert_allclose(fn(x).numpy(), np.maximum(x, 0) * 2.0 + 1.0)
+    assert fn.generic_calls == 2 and fn.conversions == 1
+    fn.wait_for_compiles()
+    assert sorted(fn.shapes()) == [((1, 4),), ((2, 4),), ((3, 4),)]
+    x = np.ones([2, 4], np.float32)
+    np.testing.assert_allclose(fn(x).numpy(), 3.0 * x)
+    assert fn.generic_calls == 2  # the compiled shape answered
 
 
 def test_unknown_runtime_is_refused():
