@@ -25,6 +25,10 @@ Variants (each in its own subprocess, so that peak RSS figures do not mix):
              user's path, `pipe.diffuse(context, uncond, steps=N)` on a UNet-only pipeline (what
              a diffusion server runs), OpenVINO's CPU plugin running our UNet per step
 
+  diffusers_bf16, torch_compile, torch_compile_bf16 (only when named in --variants): the
+             diffusers variant with `.to(torch.bfloat16)`, and/or torch.compile (inductor,
+             freezing) around its UNet call; the first call pays the compile
+
   openvino, openvino_bf16, openvino_ours (only when named in --variants; `pip install
              openvino`): OpenVINO's CPU plugin runs the UNet inside the diffusers variant's DDIM
              loop, converted with ov.convert_model from the diffusers UNet at float32 / bfloat16
@@ -60,7 +64,8 @@ VARIANTS = ("ours", "ours_xla", "ours_bf16", "kerascv", "diffusers")
 # Further variants, run only when named in --variants: guidance as one batch-2 call in float32
 # (what "auto" avoids on CPUs), XLA + bfloat16, and mixed_bfloat16 (float32 weights cast per call).
 EXPERIMENTS = ("ours_batched", "ours_xla_batched", "ours_xla_bf16", "ours_mixed_bf16",
-               "openvino", "openvino_bf16", "openvino_ours", "ours_openvino", "ours_openvino_bf16")
+               "openvino", "openvino_bf16", "openvino_ours", "ours_openvino", "ours_openvino_bf16",
+               "diffusers_bf16", "torch_compile", "torch_compile_bf16")
 # OpenVINO variants (`pip install openvino`): the diffusers UNet (the diffusers variant's weights
 # and loop) converted with ov.convert_model and compiled for the CPU at float32 / bfloat16
 # inference precision (OpenVINO's default on a CPU with AMX or AVX-512 BF16 is bfloat16), and
@@ -80,7 +85,8 @@ OURS = {
 # Our pipeline with runtime="openvino": the Keras dtype policy of its networks
 OURS_OPENVINO = {"ours_openvino": "float32", "ours_openvino_bf16": "bfloat16"}
 TARGETS = {"ours_over_kerascv": 0.8, "ours_over_diffusers": 1.0}
-PEERS = ("kerascv", "diffusers", "openvino", "openvino_bf16", "openvino_ours")  # what ours is divided by
+PEERS = ("kerascv", "diffusers", "openvino", "openvino_bf16", "openvino_ours", "diffusers_bf16", "torch_compile",
+         "torch_compile_bf16")  # what ours is divided by
 CONTEXT_LEN = 77
 GUIDANCE = 7.5
 
@@ -431,8 +437,16 @@ def diffusers_kwargs(cfg):
     return {k: getattr(cfg, k) for k in keys}
 
 
-def measure_diffusers(size, steps, repeats, tiny=False, threads=None):
-    """diffusers' UNet2DConditionModel + DDIMScheduler, as StableDiffusionPipeline's loop does it."""
+# diffusers-side variants: (torch dtype name, torch.compile)
+DIFFUSERS = {"diffusers": ("float32", False), "diffusers_bf16": ("bfloat16", False),
+             "torch_compile": ("float32", True), "torch_compile_bf16": ("bfloat16", True)}
+
+
+def measure_diffusers(size, steps, repeats, tiny=False, threads=None, variant="diffusers"):
+    """diffusers' UNet2DConditionModel + DDIMScheduler, as StableDiffusionPipeline's loop does it;
+    `variant` picks the UNet's dtype (`.to(torch.bfloat16)`) and torch.compile (inductor, with
+    freezing: weights folded as constants, what its CPU inference guide recommends). The first
+    call (in first_call_s) pays torch.compile's compile."""
     t_start = time.perf_counter()
     import diffusers
     import torch
@@ -442,14 +456,25 @@ def measure_diffusers(size, steps, repeats, tiny=False, threads=None):
     torch.set_num_threads(threads)
     cfg = C.configs(tiny)["unet"]
     lat = size // 8
-    result = {"variant": "diffusers", "loadavg_start": C.loadavg(), "torch": torch.__version__,
-              "diffusers": diffusers.__version__, "torch_threads": torch.get_num_threads()}
+    dtype_name, compiled = DIFFUSERS[variant]
+    dtype = getattr(torch, dtype_name)
+    result = {"variant": variant, "loadavg_start": C.loadavg(), "torch": torch.__version__,
+              "diffusers": diffusers.__version__, "torch_threads": torch.get_num_threads(), "torch_dtype": dtype_name,
+              "torch_compile": compiled}
     torch.manual_seed(0)
-    unet, build_s = C.timed(lambda: UNet2DConditionModel(**diffusers_kwargs(cfg)).eval())
+    unet, build_s = C.timed(lambda: UNet2DConditionModel(**diffusers_kwargs(cfg)).eval().to(dtype))
     result.update(build_s=C.r(build_s, 2), params_m=C.r(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
                   rss_after_build_gb=C.r(C.rss_gb()),
                   attn_processor=sorted({type(p).__name__ for p in unet.attn_processors.values()}))
-    _time_ddim_loop(lambda x, t, ctx: unet(x, t, encoder_hidden_states=ctx).sample, cfg, lat, steps, repeats, result)
+    def forward(x, t, ctx):
+        return unet(x.to(dtype), t, encoder_hidden_states=ctx.to(dtype)).sample.float()
+
+    if compiled:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        forward = torch.compile(forward)
+    _time_ddim_loop(forward, cfg, lat, steps, repeats, result)
     return _finish(result, t_start)
 
 
@@ -569,8 +594,8 @@ def measure(variant, size, steps, repeats, tiny=False, quiet_wait=None):
         return measure_ours_openvino(size, steps, repeats, tiny, variant)
     if variant == "kerascv":
         return measure_kerascv(size, steps, repeats, tiny)
-    if variant == "diffusers":
-        return measure_diffusers(size, steps, repeats, tiny)
+    if variant in DIFFUSERS:
+        return measure_diffusers(size, steps, repeats, tiny, variant=variant)
     if variant in OPENVINO:
         return measure_openvino(size, steps, repeats, tiny, variant)
     raise ValueError(f"unknown variant {variant!r}; choose from {ALL_VARIANTS}")
