@@ -10,10 +10,11 @@ same numerics to float32 round-off), so every loader, LoRA and feature works unc
 How: a network is converted once, from a trace with every size left open (as
 models/compiled.py's shape-generic graphs), then compiled per input shape with those shapes
 fixed (a shape-generic OpenVINO model runs 3-4x slower than a static one on the default model).
-The first shape is compiled when it is first called (the server's warm-up pays it); a later new
-shape (another size, or a step batcher's shared call of more rows) is compiled in a background
-thread while the shape-generic model, compiled once, serves it meanwhile: no request waits for
-a compile after the first. Weights are constants of the converted model, so a change
+The first shape is compiled when it is first called (the server's warm-up pays it). The first
+call of a second shape compiles the shape-generic model (one more compile, and its memory, only
+for processes that meet several shapes); from then on a new shape (another size, or a step
+batcher's shared call of more rows) is served by the generic model at once while its static
+model compiles in a background thread. Weights are constants of the converted model, so a change
 of weights (LoRAs merged in, a swapped UNet) means converting again: the pipeline drops its
 converted networks when that happens.
 """
@@ -148,18 +149,18 @@ class OpenVinoFunction:
             if not self.background or not self._shapes:  # the first shape: compiled for this call
                 entry = self._compile(self._model, [a.shape for a in arrays])
                 self._add(key, entry)
-                if self.background:  # the generic model, ready for the next new shape
-                    self._generic_thread = threading.Thread(target=self._compile_generic, args=(self._model,),
-                                                            name=f"openvino-generic-{self.name}", daemon=True)
-                    self._generic_thread.start()
                 return entry
             if key not in self._pending:
                 thread = threading.Thread(target=self._compile_later, args=(key, [a.shape for a in arrays], self._model),
                                           name=f"openvino-compile-{self.name}", daemon=True)
                 self._pending[key] = thread
                 thread.start()
+            if self._generic_thread is None:  # the second shape: the generic model, compiled once
+                self._generic_thread = threading.Thread(target=self._compile_generic, args=(self._model,),
+                                                        name=f"openvino-generic-{self.name}", daemon=True)
+                self._generic_thread.start()
             generic_thread = self._generic_thread
-        generic_thread.join()  # at most once, within seconds of the first call
+        generic_thread.join()
         self.generic_calls += 1
         return self._generic
 
