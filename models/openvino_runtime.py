@@ -112,6 +112,9 @@ class OpenVinoFunction:
         concrete = tf.function(self._fn).get_concrete_function(*specs)
         self._model = ov.convert_model(concrete)
         self.conversions += 1
+        # the converted model owns its weights: let the network that made it go (for a bfloat16
+        # model that is its float32 copy)
+        self._fn = None
 
     def _compile(self, model, shapes=None) -> _Compiled:
         import openvino as ov
