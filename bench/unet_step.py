@@ -113,6 +113,16 @@ def calibrate(size, tiny=False, matmul_side=2048, repeats=10):
     n = matmul_side
     a = np.random.default_rng(0).standard_normal([n, n]).astype(np.float32)
     peaks = {}
+
+    def gflops(fn):  # the best of `repeats` calls after a warm one
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return C.r(2 * n ** 3 / min(times) / 1e9, 1)
+
     try:
         import openvino as ov
         import openvino.opset13 as ops
@@ -121,13 +131,7 @@ def calibrate(size, tiny=False, matmul_side=2048, repeats=10):
         model = ov.Model([ops.matmul(param, ops.constant(a), False, False)], [param])
         for precision in ("f32", "bf16"):
             request = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision}).create_infer_request()
-            request.infer([a])
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                request.infer([a])
-                times.append(time.perf_counter() - t0)
-            peaks[f"openvino_{precision}"] = C.r(2 * n ** 3 / min(times) / 1e9, 1)
+            peaks[f"openvino_{precision}"] = gflops(lambda: request.infer([a]))
     except ImportError:
         pass
     C.quiet_tf()
@@ -136,13 +140,7 @@ def calibrate(size, tiny=False, matmul_side=2048, repeats=10):
     for dtype, name in ((tf.float32, "f32"), (tf.bfloat16, "bf16")):
         x = tf.cast(tf.constant(a), dtype)
         fn = tf.function(lambda m: tf.matmul(m, m))
-        fn(x).numpy()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x).numpy()
-            times.append(time.perf_counter() - t0)
-        peaks[f"tensorflow_{name}"] = C.r(2 * n ** 3 / min(times) / 1e9, 1)
+        peaks[f"tensorflow_{name}"] = gflops(lambda: fn(x).numpy())
     result["matmul_gflops"] = peaks
     result["peak_gflops"] = {p: max(v for k, v in peaks.items() if k.endswith(p)) for p in ("f32", "bf16")}
     result["matmul_side"] = n
@@ -151,7 +149,6 @@ def calibrate(size, tiny=False, matmul_side=2048, repeats=10):
 
 def precision_of_variant(variant: str) -> str:
     return "bf16" if "bf16" in variant else "f32"
-
 
 
 def _finish(result, t_start):

@@ -32,18 +32,12 @@ from .compiled import generic_spec
 PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
-def available() -> bool:
+def require():
     try:
         import openvino  # noqa: F401
     except ImportError:
-        return False
-    return True
-
-
-def require():
-    if not available():
         raise ImportError("runtime 'openvino' needs the openvino package: pip install openvino "
-                          "(requirements.txt pins the version this project is tested with)")
+                          "(requirements.txt pins the version this project is tested with)") from None
 
 
 def precision_of(network) -> str:
@@ -131,14 +125,14 @@ class OpenVinoFunction:
             self._shapes.popitem(last=False)
 
     def _compile_later(self, key, shapes, model):
+        entry = None
         try:
             entry = self._compile(model, shapes)
         finally:
             with self._lock:
                 self._pending.pop(key, None)
-        with self._lock:
-            if self._model is model:  # not dropped meanwhile
-                self._add(key, entry)
+                if entry is not None:
+                    self._add(key, entry)
 
     def _compiled(self, arrays) -> _Compiled:
         key = tuple((a.shape, a.dtype.str) for a in arrays)

@@ -155,17 +155,23 @@ class StableDiffusionPipeline:
         if name not in self._traced:
             network = getattr(self, name)
             _require(network)
-            if self.runtime == "openvino":
-                from .openvino_runtime import OpenVinoFunction, float32_network, precision_of
 
-                precision, network = precision_of(network), float32_network(network)
-            plan_convolutions(network, self._representative_inputs(name))
-            call = lambda *x: network(list(x) if len(x) > 1 else x[0], training=False)  # noqa: E731
-            if self.runtime == "openvino":
-                self._traced[name] = OpenVinoFunction(call, precision, name=name)
-            else:
-                self._traced[name] = ShapeGeneric(call, jit_compile=self.jit_compile or None)
+            def call_of(network):
+                plan_convolutions(network, self._representative_inputs(name))
+                return lambda *x: network(list(x) if len(x) > 1 else x[0], training=False)
+
+            self._traced[name] = self._runtime_call(network, call_of, name, jit_compile=self.jit_compile or None)
         return self._traced[name]
+
+    def _runtime_call(self, network, call_of, name, jit_compile=None):
+        """`call_of(network)` (a function of tensors) compiled by this pipeline's runtime: a
+        shape-generic TensorFlow graph, or OpenVINO (a bfloat16 network through its float32 copy,
+        at bfloat16 precision)."""
+        if self.runtime == "openvino":
+            from .openvino_runtime import OpenVinoFunction, float32_network, precision_of
+
+            return OpenVinoFunction(call_of(float32_network(network)), precision_of(network), name=name)
+        return ShapeGeneric(call_of(network), jit_compile=jit_compile)
 
     def _compiled_guided(self):
         """The guided pass's UNet calls (models.sampling.guided_eps) as one compiled function
@@ -383,20 +389,14 @@ class StableDiffusionPipeline:
 
     def _text_encoder_fn(self, clip_skip):
         if clip_skip not in self._encoders:
-            text_encoder, precision = self.text_encoder, None
-            if self.runtime == "openvino":
-                from .openvino_runtime import OpenVinoFunction, float32_network, precision_of
+            def call_of(text_encoder):
+                try:
+                    model = text_encoder.with_clip_skip(clip_skip)
+                except ValueError as e:
+                    raise InvalidInput(str(e), "bad_clip_skip") from None
+                return lambda ids: tf.cast(model(ids, training=False), tf.float32)
 
-                precision, text_encoder = precision_of(text_encoder), float32_network(text_encoder)
-            try:
-                model = text_encoder.with_clip_skip(clip_skip)
-            except ValueError as e:
-                raise InvalidInput(str(e), "bad_clip_skip") from None
-            encode = lambda ids: tf.cast(model(ids, training=False), tf.float32)  # noqa: E731
-            if self.runtime == "openvino":
-                self._encoders[clip_skip] = OpenVinoFunction(encode, precision, name="text_encoder")
-            else:
-                self._encoders[clip_skip] = ShapeGeneric(encode)
+            self._encoders[clip_skip] = self._runtime_call(self.text_encoder, call_of, "text_encoder")
         return self._encoders[clip_skip]
 
     def predict_noise(self, latents, timestep, context, guidance_scale=None) -> np.ndarray:
